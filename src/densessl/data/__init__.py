@@ -1,0 +1,1 @@
+"""Datasets: synthetic scenes (the embedded default), unlabeled image folders, labeled sets."""

@@ -1,0 +1,48 @@
+"""Pick the unlabeled training images a run asks for (``data.path``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch.utils.data import Dataset
+
+from densessl.config import ConfigError, DataConfig
+
+
+def build_pretrain_images(cfg: DataConfig) -> Dataset:
+    """Images for pretraining, each sample a dict with ``"image"`` (RGB uint8 [3, H, W]).
+
+    ``data.path`` may be ``"scenes"`` (generated on the fly, train split), a folder written
+    by ``densessl scenes`` (the images listed in ``splits/train.txt``; labels and validation
+    images are never seen), or any folder of images (searched recursively).
+    """
+    if cfg.path == "scenes":
+        from densessl.data.scenes import SyntheticScenes
+
+        return SyntheticScenes(
+            num_images=cfg.scenes_num_images,
+            size=cfg.scenes_size,
+            seed=cfg.scenes_seed,
+            split="train",
+        )
+    root = Path(cfg.path).expanduser()
+    if not root.exists():
+        raise ConfigError(
+            f"data.path: {root} does not exist; give a folder of images, or 'scenes' for "
+            "generated synthetic scenes"
+        )
+    if not root.is_dir():
+        raise ConfigError(f"data.path: {root} is a file; give a folder of images")
+    from densessl.data.folder import ImageFolderDataset
+
+    train_list = root / "splits" / "train.txt"
+    is_scenes = (root / "classes.json").is_file() and (root / "images").is_dir()
+    images = ImageFolderDataset(
+        root / "images" if is_scenes else root, on_corrupt=cfg.on_corrupt, min_size=cfg.min_size
+    )
+    if is_scenes and train_list.is_file():
+        keep = {line.strip() for line in train_list.read_text().splitlines() if line.strip()}
+        images.files = [f for f in images.files if Path(f).stem in keep]
+        if not images.files:
+            raise ConfigError(f"data.path: none of the images listed in {train_list} exist")
+    return images
