@@ -1,0 +1,160 @@
+"""The method interface and the registry.
+
+A method is an ``nn.Module`` holding student, teacher, heads and loss state (centres,
+queues). The trainer only talks to this interface; nothing else in the library knows a
+method by name except the registry. Registering a method (``@register_method``) enrols it in
+``densessl methods``, the CLI and the registry-wide smoke tests.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from densessl.backbone import BackboneConfig, ViTBackbone
+from densessl.views import ViewsConfig
+
+
+@dataclass
+class StepInfo:
+    """Where the run is: methods derive their own schedules (e.g. teacher temperature)."""
+
+    step: int
+    total_steps: int
+    steps_per_epoch: int
+
+    @property
+    def epoch(self) -> float:
+        return self.step / max(self.steps_per_epoch, 1)
+
+
+class Method(nn.Module, abc.ABC):
+    """Base class of every pretraining method.
+
+    Subclasses set the class attributes ``name``, ``description``, ``paper`` and ``Params``
+    (the hyper-parameter dataclass) and implement :meth:`loss`, :meth:`teacher_backbone`.
+    """
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    paper: ClassVar[str] = ""
+    Params: ClassVar[type]
+    # Backbone/views fields a method requires regardless of the preset (e.g. no CLS token).
+    needs_cls_token: ClassVar[bool | None] = None
+
+    def __init__(self, params: Any, backbone: BackboneConfig, views: ViewsConfig) -> None:
+        super().__init__()
+        self.params = params
+        self.backbone_config = backbone
+        self.views_config = views
+
+    # -- the contract -------------------------------------------------------------------
+    @abc.abstractmethod
+    def loss(self, batch: dict[str, Any], info: StepInfo) -> dict[str, Tensor]:
+        """Compute the training loss; ``"loss"`` is the total, other entries are logged."""
+
+    @abc.abstractmethod
+    def teacher_backbone(self) -> ViTBackbone:
+        """The backbone that is evaluated and exported (the EMA teacher's)."""
+
+    @abc.abstractmethod
+    def student_backbone(self) -> ViTBackbone:
+        """The student's backbone (warm starts load weights into both)."""
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(student, teacher) module pairs updated by :meth:`update_teacher`."""
+        return []
+
+    def lr_scale(self, parameter_name: str) -> float:
+        """Per-parameter learning-rate multiplier (e.g. Leopart's heads get 10x)."""
+        return 1.0
+
+    def after_step(self, batch: dict[str, Any], info: StepInfo) -> None:
+        """Called after the optimiser step and the EMA (queues, bookkeeping)."""
+
+    # -- shared behaviour ---------------------------------------------------------------
+    def forward(self, batch: dict[str, Any], info: StepInfo) -> dict[str, Tensor]:
+        return self.loss(batch, info)
+
+    def trainable_parameters(self) -> Iterator[tuple[str, nn.Parameter]]:
+        for module_name, module in self.named_children():
+            if module_name.startswith("teacher"):
+                continue
+            for name, param in module.named_parameters(prefix=module_name):
+                if param.requires_grad:
+                    yield name, param
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """AdamW groups: no weight decay on biases and 1-d parameters (norms), as DINO.
+
+        Each group carries ``lr_scale`` and ``apply_wd`` for the trainer's schedules.
+        """
+        groups: dict[tuple[bool, float], dict[str, Any]] = {}
+        for name, param in self.trainable_parameters():
+            decay = not (name.endswith(".bias") or param.ndim <= 1)
+            scale = self.lr_scale(name)
+            group = groups.setdefault(
+                (decay, scale),
+                {
+                    "params": [],
+                    "names": [],
+                    "weight_decay": weight_decay if decay else 0.0,
+                    "apply_wd": decay,
+                    "lr_scale": scale,
+                },
+            )
+            group["params"].append(param)
+            group["names"].append(name)
+        return list(groups.values())
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """EMA: ``teacher = m * teacher + (1 - m) * student`` for every pair."""
+        for student, teacher in self.ema_pairs():
+            s_params = list(student.parameters())
+            t_params = list(teacher.parameters())
+            if len(s_params) != len(t_params):
+                raise RuntimeError("student and teacher modules have different parameters")
+            torch._foreach_mul_(t_params, momentum)
+            torch._foreach_add_(t_params, [p.detach() for p in s_params], alpha=1 - momentum)
+
+
+_REGISTRY: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method]) -> type[Method]:
+    """Class decorator: make a method available by its ``name``."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no 'name'")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise ValueError(f"method name '{cls.name}' is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _load_builtin_methods() -> None:
+    # Imported here (not at module import) so `import densessl` has no side effects.
+    from densessl.methods import dino  # noqa: F401
+
+
+def get_method(name: str) -> type[Method]:
+    _load_builtin_methods()
+    if name not in _REGISTRY:
+        raise KeyError(
+            f"unknown method '{name}'; registered methods: {', '.join(sorted(_REGISTRY))}"
+        )
+    return _REGISTRY[name]
+
+
+def list_methods() -> dict[str, type[Method]]:
+    """All registered methods by name."""
+    _load_builtin_methods()
+    return dict(sorted(_REGISTRY.items()))
+
+
+MethodFactory = Callable[[Any, BackboneConfig, ViewsConfig], Method]

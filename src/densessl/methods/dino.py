@@ -1,0 +1,167 @@
+"""DINO: self-distillation with no labels (the image-level baseline).
+
+Caron et al., "Emerging Properties in Self-Supervised Vision Transformers", ICCV 2021;
+official code facebookresearch/dino.
+
+A student (backbone + DINO head) sees 2 global and N local crops; an EMA teacher of the same
+architecture sees the 2 global crops. The teacher's CLS logits are centred and sharpened,
+and the student's softmax over every other view is trained to match them (cross-entropy over
+all (global g, view v != g) pairs). Crops of one resolution go through the backbone in one
+call; the head runs once on all CLS tokens.
+
+Choices (official code = paper here):
+* the teacher is a full copy of the student (backbone and head) at init, without drop-path;
+* the centre is updated after every step from both global views' teacher logits, with
+  momentum 0.9, all-reduced across processes;
+* the teacher temperature warms up linearly from ``warmup_teacher_temp`` to
+  ``teacher_temp`` over ``warmup_teacher_temp_epochs`` (per step, not per epoch);
+* last-layer freezing, per-parameter clipping, schedules: :mod:`densessl.train`.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from densessl.backbone import BackboneConfig, ViTBackbone, build_backbone
+from densessl.dino_loss import DINOLoss
+from densessl.heads import DINOHead
+from densessl.methods.base import Method, StepInfo, register_method
+from densessl.schedules import linear_warmup_constant
+from densessl.views import ViewsConfig, group_by_resolution
+
+
+@dataclass
+class DINOParams:
+    """DINO hyper-parameters (defaults: the official ViT-S/16 recipe).
+
+    Attributes:
+        out_dim: number of prototypes K of the head (65536 in the paper; 1k-8k converge
+            faster on small data).
+        hidden_dim / bottleneck_dim: head MLP width and the L2-normalised bottleneck.
+        use_bn_in_head: BatchNorm in the head MLP (off in the paper's ViT runs).
+        norm_last_layer: freeze the magnitude of the weight-normalised last layer (True is
+            more stable; the "boosted" recipe uses False).
+        student_temp: student softmax temperature (0.1).
+        teacher_temp / warmup_teacher_temp / warmup_teacher_temp_epochs: teacher temperature
+            schedule (0.04 constant by default; 0.04 → 0.07 over 30 epochs when boosted).
+        center_momentum: EMA momentum of the teacher centre (0.9).
+    """
+
+    out_dim: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: float = 0.0
+    center_momentum: float = 0.9
+
+    def __post_init__(self) -> None:
+        if self.out_dim < 2:
+            raise ValueError(f"dino.out_dim must be >= 2, got {self.out_dim}")
+        for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"dino.{name} must be > 0, got {getattr(self, name)}")
+
+
+class StudentTeacher(nn.Module):
+    """A backbone with a head on its CLS token."""
+
+    def __init__(self, backbone: ViTBackbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward_views(self, crops: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+        """Head logits per view ``[B, K]`` and the patch tokens of the first resolution."""
+        batch = crops[0].shape[0]
+        cls_tokens, first_patches = [], None
+        for _, stacked in group_by_resolution(crops):
+            cls, patches = self.backbone.tokens(stacked)
+            cls_tokens.append(cls)
+            if first_patches is None:
+                first_patches = patches
+        logits = self.head(torch.cat(cls_tokens))
+        assert first_patches is not None
+        return list(logits.split(batch)), first_patches
+
+
+def make_teacher(student: StudentTeacher, backbone_config: BackboneConfig) -> StudentTeacher:
+    """A frozen copy of the student without drop-path (DINO's teacher)."""
+    teacher_backbone = build_backbone(replace(backbone_config, drop_path_rate=0.0))
+    teacher_backbone.load_state_dict(student.backbone.state_dict())
+    teacher = StudentTeacher(teacher_backbone, copy.deepcopy(student.head))
+    for param in teacher.parameters():
+        param.requires_grad_(False)
+    return teacher
+
+
+@register_method
+class DINO(Method):
+    """DINO (see the module docstring)."""
+
+    name = "dino"
+    description = "image-level self-distillation with an EMA teacher (baseline)"
+    paper = "Caron et al., Emerging Properties in Self-Supervised Vision Transformers, ICCV 2021"
+    Params = DINOParams
+
+    def __init__(self, params: DINOParams, backbone: BackboneConfig, views: ViewsConfig) -> None:
+        super().__init__(params, backbone, views)
+        if not backbone.cls_token:
+            raise ValueError("dino needs a backbone with a CLS token (backbone.cls_token=true)")
+        student_backbone = build_backbone(backbone)
+        head = DINOHead(
+            student_backbone.embed_dim,
+            params.out_dim,
+            hidden_dim=params.hidden_dim,
+            bottleneck_dim=params.bottleneck_dim,
+            use_bn=params.use_bn_in_head,
+            norm_last_layer=params.norm_last_layer,
+        )
+        self.student = StudentTeacher(student_backbone, head)
+        self.teacher = make_teacher(self.student, backbone)
+        self.dino_loss = DINOLoss(params.out_dim, params.student_temp, params.center_momentum)
+
+    def teacher_backbone(self) -> ViTBackbone:
+        return self.teacher.backbone
+
+    def student_backbone(self) -> ViTBackbone:
+        return self.student.backbone
+
+    def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        return [(self.student, self.teacher)]
+
+    def teacher_temperature(self, info: StepInfo) -> float:
+        p = self.params
+        warmup_steps = round(p.warmup_teacher_temp_epochs * info.steps_per_epoch)
+        return linear_warmup_constant(
+            info.step, warmup_steps, p.warmup_teacher_temp, p.teacher_temp
+        )
+
+    def loss(self, batch: dict[str, Any], info: StepInfo) -> dict[str, Tensor]:
+        crops: list[Tensor] = batch["crops"]
+        num_global = self.views_config.num_global
+        temperature = self.teacher_temperature(info)
+        with torch.no_grad():
+            teacher_logits, teacher_patches = self.teacher.forward_views(crops[:num_global])
+        student_logits, _ = self.student.forward_views(crops)
+        loss = self.dino_loss(student_logits, teacher_logits, temperature)
+        diagnostics = self.dino_loss.diagnostics(teacher_logits, temperature)
+        self.dino_loss.update_center(teacher_logits)
+        with torch.no_grad():
+            patches = F.normalize(teacher_patches.flatten(1, 2).float(), dim=-1)
+            patch_std = patches.std(dim=(0, 1)).mean()
+        return {
+            "loss": loss,
+            "teacher_temp": torch.tensor(temperature, device=loss.device),
+            "patch_std": patch_std,
+            **diagnostics,
+        }

@@ -1,0 +1,110 @@
+"""Trainer end to end on synthetic scenes: learning, collapse diagnostics, exact resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from densessl.config import ConfigError, build_run_config
+from densessl.methods import get_method
+from densessl.train import Trainer, pretrain, read_metrics
+
+FAST = [
+    "data.scenes_num_images=64",
+    "data.batch_size=8",
+    "data.num_workers=0",
+    "train.precision=fp32",
+    "train.progress=false",
+    "train.log_every=2",
+    "backbone.depth=2",
+    "backbone.embed_dim=64",
+    "backbone.num_heads=2",
+    "dino.out_dim=128",
+    "dino.hidden_dim=128",
+    "dino.bottleneck_dim=64",
+]
+
+
+def _config(*extra: str):
+    return build_run_config("dino", get_method("dino").Params, "tiny", [*FAST, *extra])
+
+
+def _params(run_dir):
+    state = torch.load(run_dir / "checkpoints" / "last.pt", map_location="cpu", weights_only=True)
+    return state["model"], state["step"]
+
+
+def test_resume_is_bitwise_exact(tmp_path):
+    cfg = _config("optim.steps=12", "optim.warmup_epochs=0.5", "optim.freeze_last_layer=0.5")
+    straight = Trainer(cfg, tmp_path / "straight").fit()
+    Trainer(cfg, tmp_path / "resumed").fit(stop_at=5)
+    _, step = _params(tmp_path / "resumed")
+    assert step == 5
+    Trainer(cfg, tmp_path / "resumed").fit()
+    a, step_a = _params(straight)
+    b, step_b = _params(tmp_path / "resumed")
+    assert step_a == step_b == 12
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # The resumed run's log has no duplicated or missing steps.
+    steps = [r["step"] for r in read_metrics(tmp_path / "resumed")]
+    assert steps == sorted(set(steps)) and steps[-1] == 12
+
+
+def test_run_directory_layout_and_metrics(tmp_path):
+    run = pretrain(method="dino", out=tmp_path / "run", overrides=[*FAST, "optim.steps=4"])
+    assert (run / "config.yaml").is_file() and (run / "checkpoints" / "last.pt").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["method"] == "dino" and saved["optim"]["steps"] == 4
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    for key in (
+        "step",
+        "epoch",
+        "loss",
+        "lr",
+        "wd",
+        "momentum",
+        "teacher_temp",
+        "img_s",
+        "data_wait",
+        "teacher_entropy",
+        "patch_std",
+    ):
+        assert key in record, key
+
+
+def test_resume_with_different_config_is_refused(tmp_path):
+    Trainer(_config("optim.steps=4"), tmp_path / "run").fit(stop_at=2)
+    with pytest.raises(ConfigError, match=r"optim\.lr"):
+        Trainer(_config("optim.steps=4", "optim.lr=0.5"), tmp_path / "run").fit()
+
+
+def test_out_that_is_a_file_is_refused(tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        Trainer(_config("optim.steps=2"), target)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
+    cfg = _config("optim.steps=10", "train.checkpoint_every=2")
+    trainer = Trainer(cfg, tmp_path / "run")
+    original = trainer.method.loss
+
+    def poisoned(batch, info):
+        out = original(batch, info)
+        if info.step >= 5:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer.method, "loss", poisoned)
+    with pytest.raises(RuntimeError, match=r"non-finite loss at step 5"):
+        trainer.fit()
+    _, step = _params(tmp_path / "run")
+    assert step == 4
+    model, _ = _params(tmp_path / "run")
+    assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
