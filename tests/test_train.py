@@ -108,3 +108,39 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     assert step == 4
     model, _ = _params(tmp_path / "run")
     assert all(torch.isfinite(v).all() for v in model.values() if v.is_floating_point())
+
+
+def _cli(out, *extra: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "densessl", "pretrain", "--method", "dino", "--preset", "tiny",
+            "--out", str(out), *FAST, "optim.steps=12", "optim.warmup_epochs=0.5",
+            "train.checkpoint_every=3", "train.log_every=1", *extra]  # fmt: skip
+
+
+def test_sigkill_then_resume_matches_a_straight_run(tmp_path):
+    """A process killed without warning resumes from its last periodic checkpoint exactly."""
+    import signal
+    import subprocess
+    import time
+
+    subprocess.run(_cli(tmp_path / "straight"), check=True, capture_output=True)
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(killed), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        metrics = killed / "metrics.jsonl"
+        if metrics.is_file() and len(metrics.read_text().splitlines()) >= 7:
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    _, step = _params(killed)
+    assert step < 12, "the run finished before it could be killed; make it longer"
+    subprocess.run(_cli(killed), check=True, capture_output=True)
+    a, _ = _params(tmp_path / "straight")
+    b, step_b = _params(killed)
+    assert step_b == 12
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["step"] for r in read_metrics(killed)] == list(range(1, 13))

@@ -15,34 +15,53 @@ embeddings are resampled per forward. ``pos_interp="timm"`` uses timm's resampli
 DINO code exactly (bicubic with ``scale_factor=(n + 0.1) / sqrt(N)``, no antialias,
 facebookresearch/dino @7c446df5 ``vision_transformer.py`` L174-194). Training runs timm's
 fused ``scaled_dot_product_attention``; attention maps are computed only when asked.
+
+Loading weights from files (:func:`load_backbone`, :func:`backbone_from_state`,
+:func:`load_timm_weights`) is in :mod:`densessl.backbone_io` and re-exported here.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import timm
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densessl.checkpoint import FORMAT, CheckpointError, load_file
-from densessl.dino_checkpoint import dino_state_dict_to_timm, infer_vit_fields, resample_pos_embed
+from densessl.dino_checkpoint import dino_state_dict_to_timm, resample_pos_embed
+
+if TYPE_CHECKING:  # re-exported lazily by __getattr__ (backbone_io imports this module)
+    from densessl.backbone_io import backbone_from_state, load_backbone, load_timm_weights
 
 __all__ = [
     "ARCHS",
     "BackboneConfig",
     "ViTBackbone",
+    "backbone_from_state",
     "build_backbone",
+    "describe_config",
     "dino_state_dict_to_timm",
     "load_backbone",
+    "load_timm_weights",
     "resample_pos_embed",
 ]
+
+#: Loading from files lives in :mod:`densessl.backbone_io`; re-exported here lazily
+#: (that module imports this one).
+_LAZY = ("backbone_from_state", "load_backbone", "load_timm_weights")
+
+
+def __getattr__(name: str) -> Any:
+    """Re-export the loaders of :mod:`densessl.backbone_io` without a circular import."""
+    if name in _LAZY:
+        from densessl import backbone_io
+
+        return getattr(backbone_io, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 #: arch → (embed_dim, depth, num_heads), as in DINO (L236-255) and timm.
 ARCHS: dict[str, tuple[int, int, int]] = {
@@ -308,106 +327,6 @@ def timm_spec_for(config: BackboneConfig) -> dict[str, Any]:
 def build_backbone(config: BackboneConfig) -> ViTBackbone:
     """A randomly initialised (timm init) :class:`ViTBackbone` for ``config``."""
     return ViTBackbone(config)
-
-
-def _densessl_backbone(state: dict[str, Any]) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    weights = {k.removeprefix("model."): v for k, v in state["backbone"].items()}
-    saved = state.get("config", {}).get("backbone", {}) if isinstance(state, dict) else {}
-    names = {f.name for f in dataclasses.fields(BackboneConfig)}
-    return weights, {k: v for k, v in saved.items() if k in names}
-
-
-def load_backbone(
-    path: str | Path,
-    config: BackboneConfig | None = None,
-    *,
-    which: str = "teacher",
-    pos_interp: str | None = None,
-) -> ViTBackbone:
-    """Load a backbone from an official DINO checkpoint (or a densessl training checkpoint).
-
-    Args:
-        path: a ``.pth`` file: a DINO backbone release (``dino_deitsmall16_pretrain.pth``),
-            a full DINO training checkpoint (``student``/``teacher``/``optimizer``/...), a
-            state dict wrapped under ``state_dict``/``model``, or a densessl
-            ``checkpoints/last.pt`` (its EMA-teacher backbone).
-        config: the backbone to build. ``None`` infers it from the weights: patch size,
-            width, depth, CLS token, final norm and ``img_size`` (the checkpoint's position
-            grid, so nothing is resampled at load time); ``num_heads`` comes from DINO's
-            standard widths (192/384/768) and any other width needs a config.
-        which: ``"teacher"`` (default) or ``"student"`` network of a training checkpoint.
-        pos_interp: position-embedding resampling; ``None`` means the config's value, or
-            ``"dino"`` when the config is inferred (official features at every input size).
-
-    Returns:
-        The backbone in eval mode on the CPU.
-
-    Raises:
-        CheckpointError: unreadable file, no ViT weights in it, or weights that do not fit
-            ``config``; the message names the file, what was found and what was expected.
-    """
-    path = Path(path)
-    state = load_file(path)  # weights_only=True, CheckpointError naming the file
-    saved: dict[str, Any] = {}
-    try:
-        if isinstance(state, dict) and state.get("format") == FORMAT:
-            weights, saved = _densessl_backbone(state)
-        else:
-            weights = dino_state_dict_to_timm(state, which=which)
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: {err}") from err
-    if config is None:
-        try:
-            fields = saved or {**infer_vit_fields(weights), "pos_interp": "dino"}
-            if "num_heads" not in fields:
-                raise ValueError(
-                    f"cannot infer num_heads for embed_dim {fields['embed_dim']} (DINO widths "
-                    "are 192/384/768); pass config=BackboneConfig(embed_dim=..., num_heads=...)"
-                )
-            config = BackboneConfig(**fields)
-        except (TypeError, ValueError) as err:
-            raise CheckpointError(f"{path}: {err}") from err
-    if pos_interp is not None:
-        config = dataclasses.replace(config, pos_interp=pos_interp)
-    backbone = build_backbone(config)
-    load_timm_weights(backbone, weights, source=str(path))
-    return backbone.eval()
-
-
-def load_timm_weights(backbone: ViTBackbone, weights: dict[str, Tensor], source: str) -> None:
-    """Load timm-layout weights strictly, resampling ``pos_embed`` to the backbone's grid.
-
-    Raises:
-        CheckpointError: missing, unexpected or mis-shaped keys (first few of each listed).
-    """
-    model = backbone.model
-    weights = dict(weights)
-    pos = weights.get("pos_embed")
-    if pos is not None and pos.shape != model.pos_embed.shape:
-        prefix = backbone.num_prefix_tokens
-        old = math.isqrt(pos.shape[1] - prefix)
-        if old * old == pos.shape[1] - prefix and pos.shape[-1] == model.pos_embed.shape[-1]:
-            weights["pos_embed"] = resample_pos_embed(
-                pos,
-                tuple(model.patch_embed.grid_size),
-                (old, old),
-                prefix,
-                backbone.config.pos_interp,
-            )
-    own = model.state_dict()
-    shapes = [
-        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-        for k, v in weights.items()
-        if k in own and v.shape != own[k].shape
-    ]
-    missing = [k for k in own if k not in weights]
-    unexpected = [k for k in weights if k not in own]
-    if shapes or missing or unexpected:
-        raise CheckpointError(
-            f"{source}: weights do not fit the backbone {describe_config(backbone.config)}: "
-            f"shape mismatches {shapes[:4]}, missing {missing[:5]}, unexpected {unexpected[:5]}"
-        )
-    model.load_state_dict(weights, strict=True)
 
 
 def describe_config(config: BackboneConfig) -> str:

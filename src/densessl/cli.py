@@ -1,4 +1,4 @@
-"""Command line: ``densessl pretrain|eval|methods|scenes|demo``, thin wrappers of the API."""
+"""Command line: ``densessl pretrain|eval|viz|export|methods|scenes|demo`` (API wrappers)."""
 
 from __future__ import annotations
 
@@ -18,9 +18,11 @@ Examples:
 
 Overrides are key=value pairs over the preset (sections: backbone, views, data, optim, train
 and the method's own, e.g. dino.out_dim). Running again with the same --out resumes exactly.
-Tuning advice: on small datasets use a smaller dino.out_dim (1k-8k) and a lower teacher EMA
-(optim.momentum_teacher=0.99); if the loss sits at ln(out_dim) the teacher is uniform — lower
-dino.teacher_temp or train longer.
+Tuning advice (watch metrics.jsonl): if the loss climbs back towards ln(dino.out_dim) and
+teacher_entropy nears it too, the teacher has gone uniform — lower optim.lr, weaken colour
+augmentation (views.photometric.*) or lower dino.teacher_temp; if teacher_batch_entropy
+falls far below ln(out_dim), few prototypes are used (one-hot collapse) — raise
+dino.teacher_temp. On small datasets a smaller dino.out_dim (1k-8k) is enough.
 """
 
 
@@ -129,6 +131,86 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+VIZ_HELP = """\
+Draw dense features: one PNG panel per image with the input, the PCA of the patch features
+as RGB (fitted jointly over all images, so colours compare across pictures), a k-means
+cluster overlay and the CLS attention of the last block (mean and per head; backbones
+without a CLS token have none).
+
+Examples:
+  densessl viz --backbone runs/dino-tiny --images data/scenes/images --out runs/dino-tiny/viz
+  densessl viz --backbone dino_deitsmall16_pretrain.pth --images photos/ --out viz \\
+      --size 448 --clusters 8 --mask-background
+
+--backbone takes what `densessl eval` takes (run directory, checkpoint, export folder,
+timm:NAME with --weights, random:ARCH). Advice: --size 224-480 (finer maps cost
+quadratically more); --clusters a little above the number of object kinds;
+--mask-background helps on object-centric photos of a well-trained backbone (the first
+principal component separates objects from background; border patches decide which side
+is background; raise --threshold to keep only confident foreground).
+"""
+
+
+def _cmd_viz(args: argparse.Namespace) -> int:
+    from densessl.data.decode import ImageDecodeError
+    from densessl.viz import visualize
+
+    start = time.perf_counter()
+    try:
+        paths = visualize(
+            args.backbone,
+            args.images,
+            args.out,
+            size=args.size,
+            clusters=args.clusters,
+            mask_background=args.mask_background,
+            threshold=args.threshold,
+            attention=not args.no_attention,
+            max_images=args.max_images or None,
+            which=args.which,
+            arch=args.arch,
+            patch_size=args.patch_size,
+            weights=args.weights,
+            device=args.device,
+            progress=not args.no_progress,
+        )
+    except (ImageDecodeError, ValueError) as err:
+        print(f"densessl: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} panels to {args.out} ({time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+EXPORT_HELP = """\
+Export a trained backbone (the EMA teacher of a run) as timm-format model.safetensors plus
+meta.json (timm architecture name and create_model kwargs, method, steps, versions) and
+timm's config.json. Plain timm loads it without densessl:
+
+  meta = json.load(open("EXPORT/meta.json"))
+  model = timm.create_model(meta["architecture"], pretrained=True,
+      pretrained_cfg_overlay=dict(file="EXPORT/model.safetensors"), **meta["timm_kwargs"])
+
+The export is checked after writing: plain timm must give the same patch features.
+`densessl eval --backbone EXPORT` and `densessl viz --backbone EXPORT` read it back.
+"""
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import json
+
+    from densessl.export import export_backbone
+
+    out = export_backbone(args.run, args.out, which=args.which, verify=not args.no_verify)
+    meta = json.loads((out / "meta.json").read_text())
+    check = meta.get("verified_max_abs_diff")
+    checked = f"; plain timm matches (max |diff| {check:.1e})" if check is not None else ""
+    print(
+        f"exported {meta['architecture']} {meta['timm_kwargs']} "
+        f"({meta['method']}, step {meta['step']}) to {out}{checked}"
+    )
+    return 0
+
+
 PROTOCOL_HELP = {
     "linear": "Leopart linear probe (train split -> val)",
     "cluster": "Leopart overclustering (val, transductive)",
@@ -226,6 +308,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     _add_eval_parser(sub)
+
+    p = sub.add_parser(
+        "viz",
+        help="picture the patch features: PCA colours, clusters, attention",
+        description=VIZ_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--backbone", required=True, help="RUN_DIR, checkpoint, export, timm:NAME ...")
+    p.add_argument("--images", required=True, nargs="+", help="a folder and/or image files")
+    p.add_argument("--out", required=True, help="output folder for the PNG panels")
+    p.add_argument("--size", type=int, default=224, help="shorter image side in pixels")
+    p.add_argument("--clusters", type=int, default=6, help="k of the joint k-means")
+    p.add_argument(
+        "--mask-background", action="store_true", help="black out background (first PCA axis)"
+    )
+    p.add_argument("--threshold", type=float, default=0.0, help="foreground cut (std units)")
+    p.add_argument("--no-attention", action="store_true", help="leave out the attention maps")
+    p.add_argument("--max-images", type=int, default=16, help="use the first N images (0: all)")
+    p.add_argument("--which", default="teacher", choices=("teacher", "student"))
+    p.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
+    p.add_argument("--patch-size", type=int, help="patch size with --arch (default 16)")
+    p.add_argument("--weights", help="local weights file for --backbone timm:NAME")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_cmd_viz)
+
+    p = sub.add_parser(
+        "export",
+        help="export a run's backbone as timm safetensors + meta.json",
+        description=EXPORT_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("run", help="run directory (or a densessl / official DINO checkpoint file)")
+    p.add_argument(
+        "--out", required=True, help="export folder (an earlier export in it is replaced)"
+    )
+    p.add_argument("--which", default="teacher", choices=("teacher", "student"))
+    p.add_argument("--no-verify", action="store_true", help="skip the plain-timm feature check")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("methods", help="list the registered methods")
     p.set_defaults(func=_cmd_methods)

@@ -151,7 +151,7 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
+def coerce_value(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against annotation ``tp``; convert YAML lists to tuples, ints to floats."""
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):
@@ -163,7 +163,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if option is type(None):
                 continue
             try:
-                return _coerce(value, option, key)
+                return coerce_value(value, option, key)
             except ConfigError as err:
                 errors.append(str(err))
         raise ConfigError(f"config key '{key}': {value!r} is not a valid {_type_name(tp)}")
@@ -174,17 +174,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 f"config key '{key}' expects a list of {len(args)} values, got {value!r}"
             )
         if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_coerce(v, args[0], key) for v in value)
+            return tuple(coerce_value(v, args[0], key) for v in value)
         if len(value) != len(args):
             raise ConfigError(
                 f"config key '{key}' expects {len(args)} values, got {len(value)}: {value!r}"
             )
-        return tuple(_coerce(v, a, key) for v, a in zip(value, args, strict=True))
+        return tuple(coerce_value(v, a, key) for v, a in zip(value, args, strict=True))
     if origin is list:
         (arg,) = typing.get_args(tp)
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
-        return [_coerce(v, arg, key) for v in value]
+        return [coerce_value(v, arg, key) for v in value]
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
@@ -236,7 +236,7 @@ def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> A
         )
     kwargs = {}
     for name, value in values.items():
-        kwargs[name] = _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        kwargs[name] = coerce_value(value, hints[name], f"{prefix}.{name}" if prefix else name)
     try:
         return cls(**kwargs)
     except ConfigError:
@@ -351,5 +351,5 @@ def build_run_config(
             f"unknown config key '{next(iter(tree))}'; valid top-level keys: {', '.join(valid)}"
         )
     hints = typing.get_type_hints(RunConfig)
-    built = {name: _coerce(sections[name], hints[name], name) for name in RunConfig.SECTIONS}
-    return RunConfig(method=method, params=_coerce(params, params_cls, method), **built)
+    built = {name: coerce_value(sections[name], hints[name], name) for name in RunConfig.SECTIONS}
+    return RunConfig(method=method, params=coerce_value(params, params_cls, method), **built)
