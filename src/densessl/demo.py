@@ -1,10 +1,10 @@
 """The end-to-end demo on the embedded default data (the README's first command).
 
 Writes synthetic scenes, prints their statistics, pretrains DINO's tiny preset on the train
-split, then evaluates the trained teacher and a random-init backbone of the same
-architecture on the val split with the three dense protocols (linear probe, overclustering,
-dense retrieval) and prints one table. Pictures, export and a report join with the
-visualisation issue.
+split, evaluates the trained teacher and a random-init backbone of the same architecture on
+the val split with the three dense protocols (linear probe, overclustering, dense
+retrieval), draws feature pictures of a few val scenes for both, exports the teacher to timm
+format, and writes ``report.md`` in the run directory with the table and the pictures.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def run_demo(out: Path, steps: int | None = None, num_images: int = 1000) -> Pat
     print(f"[1/3] synthetic scenes in {scenes}")
     print(format_statistics(scene_statistics(scenes)))
 
-    print("[2/3] pretraining DINO (tiny preset) on the train split")
+    print("[2/4] pretraining DINO (tiny preset) on the train split")
     run = pretrain(
         method="dino", data=str(scenes), out=out / "dino-tiny", preset="tiny", steps=steps
     )
@@ -78,10 +78,64 @@ def run_demo(out: Path, steps: int | None = None, num_images: int = 1000) -> Pat
         f"batch entropy {last['teacher_batch_entropy']:.2f}; {last['img_s']:.0f} img/s"
     )
 
-    print("[3/3] evaluating the trained teacher and a random-init ViT on the val split")
+    print("[3/4] evaluating the trained teacher and a random-init ViT on the val split")
     rows = _evaluate_all(run, scenes, run / "eval")
-    print(_format_rows(rows))
+    table = _format_rows(rows)
+    print(table)
     (run / "eval" / "demo_summary.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print(f"run directory: {run}  (config.yaml, metrics.jsonl, checkpoints/, eval/)")
+
+    print("[4/4] pictures of val scenes and export to timm format")
+    pictures = _pictures(run, scenes)
+    from densessl.export import export_backbone
+
+    export = export_backbone(run, run / "export")
+    report = _write_report(run, records, table, pictures, export)
+    print(f"report: {report}")
+    print(f"run directory: {run}  (config.yaml, metrics.jsonl, checkpoints/, eval/, pictures/)")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return run
+
+
+def _pictures(run: Path, scenes: Path, count: int = 4) -> dict[str, list[Path]]:
+    from densessl.viz import visualize
+
+    val = (scenes / "splits" / "val.txt").read_text().split()[:count]
+    files = [scenes / "images" / f"{name}.png" for name in val]
+    return {
+        tag: visualize(backbone, files, run / "pictures" / tag, size=192, progress=False)
+        for tag, backbone in (("trained", str(run)), ("random", f"random:{run}"))
+    }
+
+
+def _write_report(
+    run: Path,
+    records: list[dict[str, Any]],
+    table: str,
+    pictures: dict[str, list[Path]],
+    export: Path,
+) -> Path:
+    first, last = records[0], records[-1]
+    lines = [
+        "# densessl demo: DINO (tiny preset) on synthetic scenes",
+        "",
+        f"Training: {last['step']} steps; loss {first['loss']:.3f} (step {first['step']}) -> "
+        f"{last['loss']:.3f}; teacher entropy {last['teacher_entropy']:.2f}, batch entropy "
+        f"{last['teacher_batch_entropy']:.2f}; {last['img_s']:.0f} img/s.",
+        "",
+        "## Dense evaluation on the val split (mIoU, %)",
+        "",
+        "```",
+        table,
+        "```",
+        "",
+        "## Feature pictures (input | PCA of patch features | k-means | CLS attention)",
+        "",
+    ]
+    for tag, paths in pictures.items():
+        lines += [f"### {tag}", ""]
+        lines += [f"![{tag} {p.stem}]({p.relative_to(run).as_posix()})" for p in paths]
+        lines.append("")
+    lines += [f"Exported teacher backbone (timm format): `{export}`", ""]
+    report = run / "report.md"
+    report.write_text("\n".join(lines))
+    return report
