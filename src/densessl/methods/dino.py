@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -64,12 +64,25 @@ class DINOParams:
     warmup_teacher_temp_epochs: float = 0.0
     center_momentum: float = 0.9
 
+    # The config section these fields live in (subclasses such as SelfPatch's change it, so
+    # that error messages name the key the user wrote).
+    section: ClassVar[str] = "dino"
+
     def __post_init__(self) -> None:
         if self.out_dim < 2:
-            raise ValueError(f"dino.out_dim must be >= 2, got {self.out_dim}")
+            raise ValueError(f"{self.section}.out_dim must be >= 2, got {self.out_dim}")
         for name in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"dino.{name} must be > 0, got {getattr(self, name)}")
+                raise ValueError(f"{self.section}.{name} must be > 0, got {getattr(self, name)}")
+
+
+def teacher_temperature(params: DINOParams, info: StepInfo) -> float:
+    """τt at this step: linear from ``warmup_teacher_temp`` to ``teacher_temp`` over
+    ``warmup_teacher_temp_epochs`` (counted in steps), then constant."""
+    warmup_steps = round(params.warmup_teacher_temp_epochs * info.steps_per_epoch)
+    return linear_warmup_constant(
+        info.step, warmup_steps, params.warmup_teacher_temp, params.teacher_temp
+    )
 
 
 class StudentTeacher(nn.Module):
@@ -94,11 +107,18 @@ class StudentTeacher(nn.Module):
         return list(logits.split(batch)), first_patches
 
 
-def make_teacher(student: StudentTeacher, backbone_config: BackboneConfig) -> StudentTeacher:
-    """A frozen copy of the student without drop-path (DINO's teacher)."""
+_Network = TypeVar("_Network", bound=StudentTeacher)
+
+
+def make_teacher(student: _Network, backbone_config: BackboneConfig) -> _Network:
+    """A frozen copy of the student without drop-path (DINO's teacher).
+
+    The copy has the student's class (subclasses of :class:`StudentTeacher`, e.g.
+    SelfPatch's network, get a teacher of their own kind) and no ``requires_grad``.
+    """
     teacher_backbone = build_backbone(replace(backbone_config, drop_path_rate=0.0))
     teacher_backbone.load_state_dict(student.backbone.state_dict())
-    teacher = StudentTeacher(teacher_backbone, copy.deepcopy(student.head))
+    teacher = type(student)(teacher_backbone, copy.deepcopy(student.head))
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
@@ -140,11 +160,7 @@ class DINO(Method):
         return [(self.student, self.teacher)]
 
     def teacher_temperature(self, info: StepInfo) -> float:
-        p = self.params
-        warmup_steps = round(p.warmup_teacher_temp_epochs * info.steps_per_epoch)
-        return linear_warmup_constant(
-            info.step, warmup_steps, p.warmup_teacher_temp, p.teacher_temp
-        )
+        return teacher_temperature(self.params, info)
 
     def loss(self, batch: dict[str, Any], info: StepInfo) -> dict[str, Tensor]:
         crops: list[Tensor] = batch["crops"]
