@@ -22,7 +22,7 @@ FAST = {
 }
 #: A value of the (overridden) settings that the printed protocol column must show.
 SHOWN = {
-    "linear": ["4 ep", "lr 0.05", "1 cached views/img", "scored at 96 px"],
+    "linear": ["4 ep", "lr 0.5", "1 cached views/img", "scored at 96 px"],
     "cluster": ["PCA-50", "seeds 0,1", "20 it x1 restarts", "scored at 96 px"],
     "retrieval": ["k=5", "T=0.02", "1 aug passes", "std (0.229, 0.224, 0.225)"],
 }
