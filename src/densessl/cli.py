@@ -57,6 +57,17 @@ protocol's settings next to every number and writes all of it as JSON.
   retrieval  Hummingbird dense nearest neighbours: memory of 102,400 patches from train
              (2 augmented passes), k = 30, T = 0.02 at 512 px; mIoU on val without
              matching (and with Hungarian, as the official code reports).
+  unsupervised
+             Leopart fully-unsupervised segmentation (train + val clustered): cluster-based
+             foreground extraction (spherical k-means K = 200, each cluster's precision
+             against the CLS-attention foreground, 65% mass) + community detection on the
+             cluster co-occurrence graph (Infomap; community=leiden as an alternative),
+             Hungarian mIoU over background + foreground classes. As in the paper, train
+             labels choose the CBFE cut and the CD settings (a grid over k_community,
+             weight_threshold, markov_time); give single values to fix them, e.g. Leopart
+             ViT-S/16: k_community=149 markov_time=2 weight_threshold=0.09. Paper's noisy
+             foreground: attention_backbone=dino_deitsmall16_pretrain.pth. Needs
+             pip install 'densessl[unsupervised]' (infomap, leidenalg, igraph).
 
 Examples:
   densessl eval linear --backbone runs/dino-tiny                  # scenes, CPU preset
@@ -64,6 +75,7 @@ Examples:
   densessl eval retrieval --backbone dino_deitsmall16_pretrain.pth --arch vit_small \\
       --patch-size 16 --dataset voc --root data/VOCdevkit --out voc_hbird.json
   densessl eval cluster --backbone random:runs/dino-tiny          # baseline: same ViT, random
+  densessl eval unsupervised --backbone runs/leopart-tiny community=leiden
 
 --backbone: a run directory (EMA teacher of checkpoints/last.pt; --which student), a
 densessl or official DINO checkpoint file, an exported backbone (.safetensors + meta.json),
@@ -215,6 +227,8 @@ PROTOCOL_HELP = {
     "linear": "Leopart linear probe (train split -> val)",
     "cluster": "Leopart overclustering (val, transductive)",
     "retrieval": "Hummingbird dense nearest-neighbour retrieval (train memory -> val)",
+    "unsupervised": "Leopart fully-unsupervised segmentation: CBFE + community detection "
+    "(train labels choose the cut and CD settings, val scored)",
 }
 #: key=value settings of each protocol (the fields of its dataclass; a test keeps them equal).
 PROTOCOL_SETTINGS = {
@@ -227,6 +241,11 @@ PROTOCOL_SETTINGS = {
     "retrieval": "image_size memory_size num_neighbors temperature augment_epochs crop_scale "
     "crop_ratio brightness contrast saturation hue jitter_p seed batch_size num_workers "
     "query_chunk memory_chunk hungarian ignore_to_background legacy_std search_backend",
+    "unsupervised": "image_size mask_size pca_dim standardize background attention_backbone "
+    "attention_mass attention_blur_sigma attention_blur_kernel attention_remove_small k_fg "
+    "bg_fraction threshold_step community k_community weight_threshold markov_time resolution "
+    "num_communities cd_seeds cbfe_seeds seed iters n_init init max_points_per_centroid backend "
+    "chunk_size fix_angle_typo batch_size num_workers",
 }
 
 
@@ -259,7 +278,8 @@ def _eval_options() -> argparse.ArgumentParser:
 def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="evaluate a backbone: linear probe, overclustering or dense retrieval",
+        help="evaluate a backbone: linear probe, overclustering, dense retrieval or "
+        "fully-unsupervised segmentation",
         description=EVAL_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -370,10 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from densessl.checkpoint import CheckpointError
     from densessl.config import ConfigError
+    from densessl.data.decode import ImageDecodeError
 
     try:
         return int(args.func(args))
-    except (ConfigError, CheckpointError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError, ImageDecodeError) as err:
         print(f"densessl: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -51,6 +51,14 @@ class DataConfig:
     on_corrupt: str = "skip"
     min_size: int = 0
 
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise ValueError("data.path is empty; give a folder of images, or 'scenes'")
+        _check_min("data", self, batch_size=1, num_workers=0, min_size=0)
+        _check_min("data", self, scenes_num_images=1, scenes_size=1)
+        if self.on_corrupt not in ("skip", "raise"):
+            raise ValueError(f"data.on_corrupt must be 'skip' or 'raise', got {self.on_corrupt!r}")
+
 
 @dataclass
 class OptimConfig:
@@ -85,6 +93,24 @@ class OptimConfig:
     momentum_teacher_end: float = 1.0
     betas: tuple[float, float] = (0.9, 0.999)
 
+    def __post_init__(self) -> None:
+        if not self.lr > 0:
+            raise ValueError(
+                f"optim.lr must be > 0, got {self.lr} (the base learning rate; the peak is "
+                "lr x global batch / 256 when optim.scale_lr_with_batch)"
+            )
+        if self.steps is not None and self.steps < 1:
+            raise ValueError(f"optim.steps must be >= 1 (or null to use epochs), got {self.steps}")
+        _check_min("optim", self, epochs=1)
+        _check_min("optim", self, min_lr=0, warmup_epochs=0, weight_decay=0)
+        _check_min("optim", self, weight_decay_end=0, clip_grad=0, freeze_last_layer=0)
+        for name in ("momentum_teacher", "momentum_teacher_end"):
+            value = getattr(self, name)
+            if not 0 <= value <= 1:
+                raise ValueError(f"optim.{name} must be in [0, 1], got {value}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"optim.betas must both be in [0, 1), got {list(self.betas)}")
+
 
 @dataclass
 class TrainConfig:
@@ -114,6 +140,23 @@ class TrainConfig:
     progress: bool = True
     tensorboard: bool = False
     compile: bool = False
+
+    def __post_init__(self) -> None:
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(
+                f"train.precision must be one of auto, fp32, bf16, fp16; got {self.precision!r}"
+            )
+        _check_min("train", self, log_every=1, checkpoint_every=1, keep_every=0)
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"train.checkpoint_minutes must be > 0, got {self.checkpoint_minutes}")
+
+
+def _check_min(section: str, obj: Any, **minimum: float) -> None:
+    """Raise ``ValueError`` naming ``section.key`` for the first value below its minimum."""
+    for name, low in minimum.items():
+        value = getattr(obj, name)
+        if value < low:
+            raise ValueError(f"{section}.{name} must be >= {low}, got {value}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 __all__ = [
+    "all_reduce_max",
     "all_reduce_mean",
     "all_reduce_sum",
     "is_distributed",
@@ -80,4 +81,18 @@ def all_reduce_mean(tensor: Tensor) -> Tensor:
     if n > 1:
         all_reduce_sum(tensor)
         tensor.div_(n)
+    return tensor
+
+
+def all_reduce_max(tensor: Tensor) -> Tensor:
+    """Element-wise maximum of ``tensor`` over all processes **in place**; returns it.
+
+    Args:
+        tensor: any shape (see :func:`all_reduce_sum` for devices).
+
+    Returns:
+        The same tensor object, now holding the maximum over processes.
+    """
+    if is_distributed() and world_size() > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor

@@ -13,6 +13,7 @@ Only the main process (rank 0) writes.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,13 @@ def _flatten(tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> dict[tuple[s
     return flat
 
 
+def _write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path`` and rename it over ``path``."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 class RunDirectory:
     """Paths and writers of one run directory."""
 
@@ -84,9 +92,13 @@ class RunDirectory:
         if not self.is_main:
             return
         self.checkpoints.mkdir(parents=True, exist_ok=True)
+        for stale in self.checkpoints.glob(".*.tmp"):
+            # A temp file of save_atomic whose process was killed before the rename: never a
+            # valid checkpoint (last.pt is only ever replaced whole), so it is safe to drop.
+            stale.unlink(missing_ok=True)
         if not self.last_checkpoint.exists() and self.metrics_path.exists():
             self.metrics_path.unlink()  # a run that never checkpointed starts over
-        (self.root / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        _write_text_atomic(self.root / "config.yaml", yaml.safe_dump(config, sort_keys=False))
         if config.get("train", {}).get("tensorboard"):
             try:
                 from torch.utils.tensorboard import SummaryWriter
@@ -116,9 +128,16 @@ class RunDirectory:
         """Drop metric lines written after the checkpoint we resume from."""
         if not self.is_main or not self.metrics_path.exists():
             return
-        lines = self.metrics_path.read_text().splitlines()
-        kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
-        self.metrics_path.write_text("".join(line + "\n" for line in kept))
+        kept = []
+        for line in self.metrics_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill or a full disk mid-write
+            if record.get("step", step + 1) <= step:
+                kept.append(line)
+        # Atomic: a kill while rewriting must not leave an empty or torn log.
+        _write_text_atomic(self.metrics_path, "".join(line + "\n" for line in kept))
 
     def log(self, record: dict[str, Any]) -> None:
         if not self.is_main:

@@ -28,7 +28,7 @@ from densessl.checkpoint import (
     save_atomic,
     training_state,
 )
-from densessl.config import RunConfig
+from densessl.config import ConfigError, RunConfig
 from densessl.data.sources import build_pretrain_images
 from densessl.methods.base import Method, StepInfo, get_method
 from densessl.precision import autocast, resolve_device, resolve_precision
@@ -40,7 +40,8 @@ from densessl.warm_start import warm_start
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the message names the step and the loss terms."""
+    """The loss or a gradient became NaN/inf; the message names the step and the loss terms
+    (or the parameters whose gradients are non-finite)."""
 
 
 def _setup_distributed(device: torch.device) -> tuple[int, int]:
@@ -52,14 +53,22 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     return 0, 1
 
 
-def clip_gradients_per_parameter(parameters: list[torch.nn.Parameter], max_norm: float) -> None:
-    """Rescale each gradient tensor to norm <= ``max_norm`` on its own (official DINO clip)."""
+def clip_gradients_per_parameter(
+    parameters: list[torch.nn.Parameter], max_norm: float
+) -> list[torch.Tensor]:
+    """Rescale each gradient tensor to norm <= ``max_norm`` on its own (official DINO clip).
+
+    Returns the norms before clipping (one 0-d tensor per parameter that has a gradient), so
+    callers can check them for NaN/inf without a second pass.
+    """
     grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads or max_norm <= 0:
-        return
-    norms = torch._foreach_norm(grads)
-    scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
-    torch._foreach_mul_(grads, scales)
+    if not grads:
+        return []
+    norms = list(torch._foreach_norm(grads))
+    if max_norm > 0:
+        scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
+        torch._foreach_mul_(grads, scales)
+    return norms
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -82,7 +91,10 @@ class Trainer:
         self.rank, self.world_size = _setup_distributed(self.device)
         self.is_main = self.rank == 0
         self.run_dir = RunDirectory(Path(out), is_main=self.is_main)
-        self.autocast_dtype, use_scaler = resolve_precision(config.train.precision, self.device)
+        try:
+            self.autocast_dtype, use_scaler = resolve_precision(config.train.precision, self.device)
+        except ValueError as err:
+            raise ConfigError(str(err)) from err
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.init = init
         self._stop_requested = False
@@ -90,7 +102,10 @@ class Trainer:
 
         torch.manual_seed(config.train.seed)
         method_cls = get_method(config.method)
-        self.method: Method = method_cls(config.params, config.backbone, config.views)
+        try:
+            self.method: Method = method_cls(config.params, config.backbone, config.views)
+        except ValueError as err:  # the method's own consistency checks (grid sizes, ...)
+            raise ConfigError(f"{config.method}: {err}") from err
         if init:
             warm_start(self.method, init)
         self.method.to(self.device)
@@ -110,6 +125,11 @@ class Trainer:
             if "last_layer" in n
         ]
         self.trainable = [p for g in self.groups for p in g["params"]]
+        self.trainable_names = [n for g in self.groups for n in g["names"]]
+        # NaN/inf checks: every step on CPU (a host sync is free there); on GPUs only at log
+        # and checkpoint time, from a flag kept on the device (no per-step sync).
+        self.sync_checks = self.device.type == "cpu"
+        self._first_bad_grad_step = torch.full((), -1, dtype=torch.long, device=self.device)
 
         images = build_pretrain_images(config.data)
         self.dataset = MultiCropDataset(images, MultiCropViews(config.views), config.train.seed)
@@ -120,8 +140,8 @@ class Trainer:
         )
         self.steps_per_epoch = self.sampler.batches_per_epoch
         if self.steps_per_epoch == 0:
-            raise ValueError(
-                f"data: {len(self.dataset)} images is fewer than one global batch "
+            raise ConfigError(
+                f"data.batch_size: {len(self.dataset)} images is fewer than one global batch "
                 f"({global_batch}); lower data.batch_size or add images"
             )
         optim = config.optim
@@ -184,7 +204,7 @@ class Trainer:
         with autocast(self.device, self.autocast_dtype):
             out = self.model(batch, info)
         loss = out["loss"]
-        if self.device.type == "cpu" and not bool(torch.isfinite(loss)):
+        if self.sync_checks and not bool(torch.isfinite(loss)):
             self._raise_nonfinite(out)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
@@ -192,7 +212,17 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
         else:
             loss.backward()
-        clip_gradients_per_parameter(self.trainable, self.config.optim.clip_grad)
+        norms = clip_gradients_per_parameter(self.trainable, self.config.optim.clip_grad)
+        if self.scaler is None and norms:
+            # With a grad scaler (fp16) inf/NaN gradients are expected overflows: the scaler
+            # skips that step and lowers its scale. Without one they are an error.
+            finite = torch.stack(norms).isfinite().all()
+            if self.sync_checks:
+                if not bool(finite):
+                    self._raise_nonfinite_gradients(norms, out)
+            else:
+                bad = self._first_bad_grad_step
+                bad.copy_(torch.where((bad < 0) & ~finite, self.step, bad))
         if info.epoch < self.config.optim.freeze_last_layer:
             for param in self.last_layer_params:
                 param.grad = None
@@ -213,6 +243,30 @@ class Trainer:
             f"non-finite loss at step {self.step} (terms: {', '.join(bad) or 'loss'}); "
             f"the last good checkpoint is kept at {self.run_dir.last_checkpoint}. Try a lower "
             "optim.lr, precision=fp32, or a larger teacher temperature."
+        )
+
+    def _raise_nonfinite_gradients(
+        self, norms: list[torch.Tensor] | None, out: dict[str, torch.Tensor] | None
+    ) -> None:
+        step = self.step if norms is not None else int(self._first_bad_grad_step)
+        where = ""
+        if norms is not None:
+            with_grad = [n for n, p in zip(self.trainable_names, self.trainable, strict=True)
+                         if p.grad is not None]  # fmt: skip
+            bad = [n for n, v in zip(with_grad, norms, strict=True) if not bool(v.isfinite())]
+            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+            where = f" in {', '.join(bad[:5])}{more}"
+        terms = ""
+        if out is not None:
+            terms = (
+                " (loss terms were finite: "
+                + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items() if v.dim() == 0)
+                + ")"
+            )
+        raise NonFiniteLossError(
+            f"non-finite gradients at step {step}{where}{terms}; the last good checkpoint "
+            f"is kept at {self.run_dir.last_checkpoint}. Try a lower optim.lr, "
+            "optim.clip_grad > 0, or precision=fp32."
         )
 
     def _request_stop(self, signum: int, frame: Any) -> None:
@@ -306,7 +360,9 @@ class Trainer:
             )
 
     def _check_finite(self, sums: dict[str, torch.Tensor]) -> None:
-        """Never write a checkpoint after a non-finite loss (one host sync, at save time)."""
+        """Never write a checkpoint after a non-finite loss or gradient (one host sync)."""
+        if int(self._first_bad_grad_step) >= 0:  # first: a bad gradient makes later losses NaN
+            self._raise_nonfinite_gradients(None, None)
         if "loss" in sums and not bool(torch.isfinite(sums["loss"])):
             self._raise_nonfinite(sums)
 
@@ -320,6 +376,8 @@ class Trainer:
             "epoch": round(self.step / self.steps_per_epoch, 4),
         }
         record.update(dict(zip(keys, values, strict=True)))
+        if int(self._first_bad_grad_step) >= 0:
+            self._raise_nonfinite_gradients(None, None)
         if not math.isfinite(record.get("loss", 0.0)):
             self._raise_nonfinite({k: sums[k] for k in keys})
         record["img_s"] = self.global_batch * count / max(elapsed, 1e-9)

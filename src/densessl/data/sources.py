@@ -19,12 +19,18 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
     if cfg.path == "scenes":
         from densessl.data.scenes import SyntheticScenes
 
-        return SyntheticScenes(
-            num_images=cfg.scenes_num_images,
-            size=cfg.scenes_size,
-            seed=cfg.scenes_seed,
-            split="train",
-        )
+        try:
+            return SyntheticScenes(
+                num_images=cfg.scenes_num_images,
+                size=cfg.scenes_size,
+                seed=cfg.scenes_seed,
+                split="train",
+            )
+        except ValueError as err:  # e.g. a size the scene renderer does not support
+            raise ConfigError(
+                f"data.scenes_*: {err} (data.scenes_size={cfg.scenes_size}, "
+                f"data.scenes_num_images={cfg.scenes_num_images})"
+            ) from err
     root = Path(cfg.path).expanduser()
     if not root.exists():
         raise ConfigError(

@@ -2,7 +2,7 @@
 
 ``densessl.evaluate(protocol, backbone=..., dataset=...)`` runs one protocol end to end (this
 package is callable: calling it calls :func:`densessl.evaluate.api.evaluate`); the CLI is
-``densessl eval linear|cluster|retrieval``.
+``densessl eval linear|cluster|retrieval|unsupervised``.
 
 Every evaluator takes a *feature extractor*: any callable
 ``extractor(images[B, 3, H, W]) -> patches[B, h, w, D]`` (ImageNet-normalised float images,
@@ -23,6 +23,10 @@ Modules (import them directly; this package imports nothing heavy):
 * :mod:`densessl.evaluate.linear` (+ ``linear_heads``): Leopart's linear / FCN probe.
 * :mod:`densessl.evaluate.overcluster`: Leopart's overclustering protocol.
 * :mod:`densessl.evaluate.retrieval`: Hummingbird dense nearest-neighbour retrieval.
+* :mod:`densessl.evaluate.unsupervised` (+ ``unsupervised_protocol``, ``unsupervised_cd``):
+  Leopart's fully-unsupervised segmentation, built from :mod:`~densessl.evaluate.attention_fg`
+  (features with CLS attention), :mod:`~densessl.evaluate.cbfe` (cluster-based foreground
+  extraction) and :mod:`~densessl.evaluate.community` (co-occurrence graph, Infomap/Leiden).
 * :mod:`densessl.evaluate.report`: result rows and the printed table.
 """
 

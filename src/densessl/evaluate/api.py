@@ -1,22 +1,27 @@
 """``densessl.evaluate(...)`` and ``densessl eval``: one protocol, one backbone, one dataset.
 
-The three protocols and the splits they use:
+The four protocols and the splits they use:
 
-==============  ==========================================  ===============================
-protocol        what                                        splits
-==============  ==========================================  ===============================
-``linear``      Leopart linear probe (1x1 conv on frozen    train on ``train`` (VOC:
-                patch features, SGD), mIoU, no matching     ``trainaug``; COCO: a seeded
+================  ========================================  ===============================
+protocol          what                                      splits
+================  ========================================  ===============================
+``linear``        Leopart linear probe (1x1 conv on frozen  train on ``train`` (VOC:
+                  patch features, SGD), mIoU, no matching   ``trainaug``; COCO: a seeded
                                                             10%), score ``val``
-``cluster``     Leopart overclustering: standardise,        transductive on ``val``
-                PCA-50, k-means over seeds, Hungarian
-                (K = C) / many-to-one (K > C)
-``retrieval``   Hummingbird dense NN retrieval (k = 30,     memory from ``train`` (VOC:
-                T = 0.02, 102,400-patch memory)             ``trainaug``), query ``val``
-==============  ==========================================  ===============================
+``cluster``       Leopart overclustering: standardise,      transductive on ``val``
+                  PCA-50, k-means over seeds, Hungarian
+                  (K = C) / many-to-one (K > C)
+``retrieval``     Hummingbird dense NN retrieval (k = 30,   memory from ``train`` (VOC:
+                  T = 0.02, 102,400-patch memory)           ``trainaug``), query ``val``
+``unsupervised``  Leopart fully-unsupervised segmentation:  both clustered; ``train``
+                  CBFE (spherical k-means, attention        labels choose the CBFE cut and
+                  precision) + community detection          the CD settings; ``val`` scored
+                  (Infomap / Leiden), Hungarian             (VOC: ``train``, not trainaug)
+================  ========================================  ===============================
 
 Real datasets get the papers' settings (:class:`~densessl.evaluate.linear.LinearProtocol`,
-:meth:`OverclusterProtocol.for_voc` (K = C, 300, 500), :class:`RetrievalProtocol`); the
+:meth:`OverclusterProtocol.for_voc` (K = C, 300, 500), :class:`RetrievalProtocol`,
+:class:`~densessl.evaluate.unsupervised_protocol.UnsupervisedProtocol`); the
 synthetic scenes get each protocol's ``for_scenes`` CPU preset at the scenes' resolution.
 Any setting can be overridden by name (``epochs=10``, ``seeds=[0]``); dataset options go
 under ``data.`` (``data.num_images=200``). An unknown name is an error listing valid ones.
@@ -44,9 +49,15 @@ from densessl.evaluate.report import format_table, jsonable, summarize
 
 __all__ = ["DATASETS", "PROTOCOLS", "evaluate", "resolve_protocol"]
 
-PROTOCOLS = ("linear", "cluster", "retrieval")
+PROTOCOLS = ("linear", "cluster", "retrieval", "unsupervised")
 DATASETS = ("scenes", "voc", "cocostuff", "cocothings", "ade20k")
-_ALIASES = {"overcluster": "cluster", "overclustering": "cluster", "hummingbird": "retrieval"}
+_ALIASES = {
+    "overcluster": "cluster",
+    "overclustering": "cluster",
+    "hummingbird": "retrieval",
+    "fully_unsupervised": "unsupervised",
+    "cbfe": "unsupervised",
+}
 
 
 def _protocol_class(name: str) -> type:
@@ -58,6 +69,10 @@ def _protocol_class(name: str) -> type:
         from densessl.evaluate.overcluster import OverclusterProtocol
 
         return OverclusterProtocol
+    if name == "unsupervised":
+        from densessl.evaluate.unsupervised_protocol import UnsupervisedProtocol
+
+        return UnsupervisedProtocol
     from densessl.evaluate.retrieval import RetrievalProtocol
 
     return RetrievalProtocol
@@ -67,6 +82,8 @@ def default_splits(protocol: str, dataset: str) -> tuple[str | None, str]:
     """``(train split or None, scored split)`` of ``protocol`` on ``dataset``."""
     if protocol == "cluster":
         return None, "val"
+    if protocol == "unsupervised":  # Leopart: VOC train (1,464 images) + val
+        return "train", "val"
     return ("trainaug" if dataset == "voc" else "train"), "val"
 
 
@@ -145,7 +162,7 @@ def resolve_protocol(
     """The protocol dataclass: the dataset's preset with ``settings`` applied.
 
     Args:
-        protocol: ``linear`` / ``cluster`` / ``retrieval``.
+        protocol: ``linear`` / ``cluster`` / ``retrieval`` / ``unsupervised``.
         dataset: a name of :data:`DATASETS`.
         settings: already coerced field values.
         image_size: the scenes preset's resolution (scenes only).
@@ -195,6 +212,10 @@ def _run(protocol: str, extractor: Any, train: Any, val: Any, settings: Any, **k
         from densessl.evaluate.overcluster import evaluate_overclustering
 
         return evaluate_overclustering(extractor, val, settings, **kw)
+    if protocol == "unsupervised":
+        from densessl.evaluate.unsupervised import evaluate_unsupervised
+
+        return evaluate_unsupervised(extractor, train, val, settings, **kw)
     from densessl.evaluate.retrieval import evaluate_retrieval
 
     return evaluate_retrieval(extractor, train, val, settings, **kw)
@@ -240,7 +261,8 @@ def evaluate(
     """Evaluate a frozen backbone's patch features with one dense protocol.
 
     Args:
-        protocol: ``"linear"``, ``"cluster"`` or ``"retrieval"`` (see the module docstring).
+        protocol: ``"linear"``, ``"cluster"``, ``"retrieval"`` or ``"unsupervised"`` (see the
+            module docstring).
         backbone: a run directory, checkpoint, export, ``"timm:NAME"`` (with ``weights``),
             ``"random:ARCH"`` / ``"random:RUN_DIR"`` (see
             :func:`~densessl.evaluate.features.build_extractor`), a ``ViTBackbone`` or any

@@ -132,6 +132,19 @@ def resolve_num_clusters(spec: ClusterSpec | Sequence[ClusterSpec], num_classes:
     return out
 
 
+def _check_enough_tokens(ks: list[int], images: int, h: int, w: int, image_size: int) -> None:
+    tokens = images * h * w
+    if max(ks) > tokens:
+        from densessl.config import ConfigError
+
+        raise ConfigError(
+            f"num_clusters: K={max(ks)} is more than the {tokens} patch tokens to cluster "
+            f"({images} images x {h}x{w} tokens at image_size={image_size}); lower "
+            "num_clusters, or evaluate more images (scenes: data.num_images) or a larger "
+            "image_size"
+        )
+
+
 @torch.no_grad()
 def embed_dataset(
     extractor: Extractor,
@@ -214,6 +227,10 @@ def evaluate_overclustering(
     ks = resolve_num_clusters(protocol.num_clusters, num_classes)
     if not protocol.seeds:
         raise ValueError("protocol.seeds is empty")
+    patch = getattr(extractor, "patch_size", None)
+    if isinstance(patch, int) and patch > 0:  # known grid: refuse before embedding anything
+        side = protocol.image_size // patch
+        _check_enough_tokens(ks, len(dataset), side, side, protocol.image_size)  # type: ignore[arg-type]
 
     feats, labels = embed_dataset(
         extractor,
@@ -229,8 +246,7 @@ def evaluate_overclustering(
     n, h, w, d = feats.shape
     x = feats.reshape(n * h * w, d)
     del feats
-    if max(ks) > x.shape[0]:
-        raise ValueError(f"K={max(ks)} exceeds the number of tokens ({x.shape[0]})")
+    _check_enough_tokens(ks, n, h, w, protocol.image_size)
     if protocol.standardize:
         x = fit_standardizer(x, protocol.chunk_size).transform(x, protocol.chunk_size)
     if protocol.pca_dim is not None and protocol.pca_dim < d:

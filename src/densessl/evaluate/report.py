@@ -56,11 +56,33 @@ def describe_protocol(protocol: str, p: Any) -> str:
             f"{p.image_size} px, scored at {p.mask_size} px; {prep}; k-means "
             f"({p.init}) {p.iters} it x{p.n_init} restarts; seeds {seeds}"
         )
+    if protocol == "unsupervised":
+        return _describe_unsupervised(p)
     memory = "all patches" if p.memory_size is None else f"{p.memory_size} patches"
     return (
         f"{p.image_size} px; memory {memory} from {p.augment_epochs} aug passes; "
         f"k={p.num_neighbors}, T={p.temperature:g}; std ({p.std[0]:g}, {p.std[1]:g}, "
         f"{p.std[2]:g}); seed {p.seed}"
+    )
+
+
+def _values(values: Any) -> str:
+    items = [f"{v:g}" if isinstance(v, float) else str(v) for v in values]
+    return items[0] if len(items) == 1 else "{" + ",".join(items) + "}"
+
+
+def _describe_unsupervised(p: Any) -> str:
+    prep = ("standardise, " if p.standardize else "") + (
+        f"PCA-{p.pca_dim}" if p.pca_dim is not None else "no PCA"
+    )
+    attention = p.attention_backbone or "own"
+    scale_name, scales = p.scales
+    return (
+        f"{p.image_size} px, scored at {p.mask_size} px; {prep}; CBFE: spherical k-means "
+        f"K={p.k_fg}, {attention} CLS attn {p.attention_mass:g} mass; CD: {p.community} over "
+        f"k={_values(p.k_community)} wt={_values(p.weight_threshold)} "
+        f"{scale_name}={_values(scales)}, {len(p.cd_seeds)} seeds; CBFE cut and CD settings "
+        "chosen with train-split labels (as in the paper)"
     )
 
 
@@ -78,6 +100,26 @@ def summarize(protocol: str, p: Any, results: dict[str, Any]) -> list[dict[str, 
                     "miou": entry["miou_mean"],
                     "std": entry["miou_std"],
                     "matching": entry["matching"],
+                }
+            )
+    elif protocol == "unsupervised":
+        cd = results["community"]
+        rows.append(
+            {
+                "result": f"CBFE+CD ({cd['method']})",
+                "miou": cd["miou_mean"],
+                "std": cd["miou_std"],
+                "matching": "hungarian",
+            }
+        )
+        only = results.get("cbfe_only")
+        if only is not None:
+            rows.append(
+                {
+                    "result": f"CBFE only (K={only['k']})",
+                    "miou": only["miou_mean"],
+                    "std": only["miou_std"],
+                    "matching": "hungarian",
                 }
             )
     else:
@@ -118,6 +160,9 @@ def format_table(record: dict[str, Any]) -> str:
         cells = [str(row[i]).ljust(widths[i]) if i in (0, 3) else str(row[i]).rjust(widths[i])
                  for i in range(4)]  # fmt: skip
         lines.append("  ".join([*cells, str(row[4])]))
+    note = record.get("results", {}).get("note")
+    if note:
+        lines.append(f"note: {note}")
     if record.get("json"):
         lines.append(f"all settings and per-class IoU: {record['json']}")
     return "\n".join(lines)
