@@ -42,6 +42,12 @@ class ViewsConfig:
             each earlier global crop by more than ``min_overlap`` x image area (twice that
             for the second global crop). 0 disables it.
         max_tries: redraws per crop before keeping the best-overlapping candidate.
+        nested: every crop after the first is sampled *inside the first crop* (FLSL: the
+            student views are crops of the teacher view): its box lies within the first
+            box and its scale range is a fraction of the first crop's area. Boxes stay in
+            original-image pixels and every crop is still resampled once from the image.
+        first_scale: area-fraction range of the first crop only (FLSL's teacher view,
+            (0.8, 1)); None = ``global_scale``.
         interpolation: ``"bicubic"`` (DINO) or ``"bilinear"`` (Leopart).
         photometric: colour jitter / grayscale / blur / solarize settings.
         mean, std: normalisation applied last.
@@ -57,6 +63,8 @@ class ViewsConfig:
     flip_prob: float = 0.5
     min_overlap: float = 0.0
     max_tries: int = 50
+    nested: bool = False
+    first_scale: tuple[float, float] | None = None
     interpolation: str = "bicubic"
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -67,12 +75,21 @@ class ViewsConfig:
             raise ValueError(f"views.num_global must be >= 1, got {self.num_global}")
         if self.num_local < 0:
             raise ValueError(f"views.num_local must be >= 0, got {self.num_local}")
-        for name in ("global_scale", "local_scale", "ratio"):
+        for name in ("global_scale", "local_scale", "ratio", "first_scale"):
+            if getattr(self, name) is None:
+                continue
             lo, hi = getattr(self, name)
             if not 0 < lo <= hi:
                 raise ValueError(f"views.{name} must satisfy 0 < low <= high, got ({lo}, {hi})")
         if self.global_scale[1] > 1 or self.local_scale[1] > 1:
             raise ValueError("views.global_scale and views.local_scale must not exceed 1")
+        if self.first_scale is not None and self.first_scale[1] > 1:
+            raise ValueError("views.first_scale must not exceed 1")
+        if self.nested and self.min_overlap > 0:
+            raise ValueError(
+                "views.nested places every crop inside the first one; views.min_overlap "
+                "(Leopart's rejection sampling) does not apply: set it to 0"
+            )
         if self.global_size < 1 or self.local_size < 1:
             raise ValueError("views.global_size and views.local_size must be positive")
         if self.num_local and self.local_size > self.global_size:
@@ -160,11 +177,19 @@ class MultiCropViews:
     def sample_boxes(
         self, height: int, width: int, generator: torch.Generator
     ) -> list[tuple[int, int, int, int]]:
-        """Sample all crop boxes of one image (with Leopart's rejection sampling if enabled)."""
+        """Sample all crop boxes of one image (with Leopart's rejection sampling if enabled,
+        or inside the first crop when ``nested``)."""
         cfg = self.config
         scales = [cfg.global_scale] * cfg.num_global + [cfg.local_scale] * cfg.num_local
+        if cfg.first_scale is not None:
+            scales[0] = cfg.first_scale
         boxes: list[tuple[int, int, int, int]] = []
         for k, scale in enumerate(scales):
+            if cfg.nested and k > 0:
+                px1, py1, px2, py2 = boxes[0]
+                x1, y1, x2, y2 = sample_crop_box(py2 - py1, px2 - px1, scale, cfg.ratio, generator)
+                boxes.append((px1 + x1, py1 + y1, px1 + x2, py1 + y2))
+                continue
             if cfg.min_overlap <= 0 or k == 0:
                 boxes.append(sample_crop_box(height, width, scale, cfg.ratio, generator))
                 continue
