@@ -63,7 +63,7 @@ def run_demo(out: Path, steps: int | None = None, num_images: int = 1000) -> Pat
     scenes = out / "scenes"
     if not (scenes / "classes.json").is_file():
         write_scenes(scenes, num_images, 96, seed=0, progress=True)
-    print(f"[1/3] synthetic scenes in {scenes}")
+    print(f"[1/4] synthetic scenes in {scenes}")
     print(format_statistics(scene_statistics(scenes)))
 
     print("[2/4] pretraining DINO (tiny preset) on the train split")
