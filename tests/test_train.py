@@ -144,3 +144,19 @@ def test_sigkill_then_resume_matches_a_straight_run(tmp_path):
     for key in a:
         assert torch.equal(a[key], b[key]), key
     assert [r["step"] for r in read_metrics(killed)] == list(range(1, 13))
+
+
+def test_resume_accepts_a_checkpoint_that_predates_a_config_key(tmp_path):
+    """Options added after a run was saved take their defaults when it resumes."""
+    from densessl.checkpoint import save_atomic
+
+    cfg = _config("optim.steps=4")
+    Trainer(cfg, tmp_path / "run").fit(stop_at=2)
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    state = torch.load(last, map_location="cpu", weights_only=True)
+    del state["config"]["views"]["nested"]  # as saved by a version without this option
+    save_atomic(state, last)
+    Trainer(cfg, tmp_path / "run").fit()
+    assert _params(tmp_path / "run")[1] == 4
+    with pytest.raises(ConfigError, match=r"views\.nested"):
+        Trainer(_config("optim.steps=6", "views.nested=true"), tmp_path / "run").fit()

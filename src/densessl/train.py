@@ -28,7 +28,7 @@ from densessl.checkpoint import (
     save_atomic,
     training_state,
 )
-from densessl.config import ConfigError, RunConfig
+from densessl.config import ConfigError, RunConfig, build_run_config
 from densessl.data.sources import build_pretrain_images
 from densessl.methods.base import Method, StepInfo, get_method
 from densessl.precision import autocast, resolve_device, resolve_precision
@@ -174,7 +174,7 @@ class Trainer:
     def _resume(self) -> None:
         path = self.run_dir.last_checkpoint
         state = load_training_state(path)
-        self.run_dir.check_same_config(state["config"], self.config.to_dict())
+        self.run_dir.check_same_config(self._saved_config(state["config"]), self.config.to_dict())
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
@@ -182,6 +182,15 @@ class Trainer:
         restore_rng_state(state["rng"])
         self.step = int(state["step"])
         self.run_dir.truncate_metrics(self.step)
+
+    def _saved_config(self, saved: dict[str, Any]) -> dict[str, Any]:
+        """The checkpoint's config with today's defaults for keys it predates, so a run saved
+        before an option existed resumes when that option is left at its default."""
+        try:
+            full = build_run_config(self.config.method, type(self.config.params), None, saved)
+        except ConfigError:
+            return saved  # a key that no longer exists: compared as saved, and reported
+        return full.to_dict()
 
     # -- loop ------------------------------------------------------------------------------
     def _set_schedules(self) -> dict[str, float]:
