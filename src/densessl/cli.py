@@ -139,7 +139,7 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from densessl.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps)
+    run_demo(Path(args.out), steps=args.steps, method=args.method)
     return 0
 
 
@@ -381,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the end-to-end demo on synthetic scenes")
     p.add_argument("--out", default="runs/demo", help="demo output folder")
     p.add_argument("--steps", type=int, default=None, help="pretraining steps (preset default)")
+    p.add_argument(
+        "--method", default="leopart", help="method whose tiny preset is trained (default leopart)"
+    )
     p.set_defaults(func=_cmd_demo)
     return parser
 

@@ -1,7 +1,9 @@
 """The end-to-end demo on the embedded default data (the README's first command).
 
-Writes synthetic scenes, prints their statistics, pretrains DINO's tiny preset on the train
-split, evaluates the trained teacher and a random-init backbone of the same architecture on
+Writes synthetic scenes, prints their statistics, pretrains a method's tiny preset on the
+train split (Leopart by default: the dense method built for segmentation; measured on 1000
+scenes, 600 steps, it edges out DINO-tiny on linear, K=4C clustering and retrieval mIoU),
+evaluates the trained teacher and a random-init backbone of the same architecture on
 the val split with the three dense protocols (linear probe, overclustering, dense
 retrieval), draws feature pictures of a few val scenes for both, exports the teacher to timm
 format, and writes ``report.md`` in the run directory with the table and the pictures.
@@ -20,11 +22,11 @@ from densessl.train import pretrain, read_metrics
 PROTOCOLS = ("linear", "cluster", "retrieval")
 
 
-def _evaluate_all(run: Path, scenes: Path, out: Path) -> list[dict[str, Any]]:
+def _evaluate_all(run: Path, scenes: Path, out: Path, label: str) -> list[dict[str, Any]]:
     from densessl.evaluate.api import evaluate
 
     rows = []
-    for name, backbone in (("DINO tiny", str(run)), ("random init", f"random:{run}")):
+    for name, backbone in ((label, str(run)), ("random init", f"random:{run}")):
         for protocol in PROTOCOLS:
             tag = "trained" if backbone == str(run) else "random"
             record = evaluate(
@@ -42,6 +44,29 @@ def _evaluate_all(run: Path, scenes: Path, out: Path) -> list[dict[str, Any]]:
     return rows
 
 
+#: Collapse diagnostics shown in the summary when the method logs them.
+DIAGNOSTICS = (
+    "teacher_entropy",
+    "teacher_batch_entropy",
+    "assignment_entropy",
+    "used_prototypes",
+    "patch_loss",
+)
+
+
+def _training_summary(records: list[dict[str, Any]]) -> str:
+    first, last = records[0], records[-1]
+    shown = [f"{k.replace('_', ' ')} {last[k]:.2f}" for k in DIAGNOSTICS if k in last]
+    return "; ".join(
+        [
+            f"{last['step']} steps, loss {first['loss']:.3f} (step {first['step']}) -> "
+            f"{last['loss']:.3f}",
+            *shown,
+            f"{last['img_s']:.0f} img/s",
+        ]
+    )
+
+
 def _format_rows(rows: list[dict[str, Any]]) -> str:
     lines = [f"{'backbone':<12} {'eval':<10} {'result':<6} {'matching':<10} {'mIoU':>13}"]
     for r in rows:
@@ -56,7 +81,9 @@ def _format_rows(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def run_demo(out: Path, steps: int | None = None, num_images: int = 1000) -> Path:
+def run_demo(
+    out: Path, steps: int | None = None, num_images: int = 1000, method: str = "leopart"
+) -> Path:
     """Run the demo into ``out`` and return the pretraining run directory."""
     start = time.perf_counter()
     out = Path(out)
@@ -66,20 +93,15 @@ def run_demo(out: Path, steps: int | None = None, num_images: int = 1000) -> Pat
     print(f"[1/4] synthetic scenes in {scenes}")
     print(format_statistics(scene_statistics(scenes)))
 
-    print("[2/4] pretraining DINO (tiny preset) on the train split")
+    print(f"[2/4] pretraining {method} (tiny preset) on the train split")
     run = pretrain(
-        method="dino", data=str(scenes), out=out / "dino-tiny", preset="tiny", steps=steps
+        method=method, data=str(scenes), out=out / f"{method}-tiny", preset="tiny", steps=steps
     )
     records = read_metrics(run)
-    first, last = records[0], records[-1]
-    print(
-        f"loss {first['loss']:.3f} (step {first['step']}) -> {last['loss']:.3f} "
-        f"(step {last['step']}); teacher entropy {last['teacher_entropy']:.2f}, "
-        f"batch entropy {last['teacher_batch_entropy']:.2f}; {last['img_s']:.0f} img/s"
-    )
+    print(_training_summary(records))
 
     print("[3/4] evaluating the trained teacher and a random-init ViT on the val split")
-    rows = _evaluate_all(run, scenes, run / "eval")
+    rows = _evaluate_all(run, scenes, run / "eval", f"{method} tiny")
     table = _format_rows(rows)
     print(table)
     (run / "eval" / "demo_summary.json").write_text(json.dumps(rows, indent=2) + "\n")
@@ -89,7 +111,7 @@ def run_demo(out: Path, steps: int | None = None, num_images: int = 1000) -> Pat
     from densessl.export import export_backbone
 
     export = export_backbone(run, run / "export")
-    report = _write_report(run, records, table, pictures, export)
+    report = _write_report(run, method, records, table, pictures, export)
     print(f"report: {report}")
     print(f"run directory: {run}  (config.yaml, metrics.jsonl, checkpoints/, eval/, pictures/)")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
@@ -109,18 +131,16 @@ def _pictures(run: Path, scenes: Path, count: int = 4) -> dict[str, list[Path]]:
 
 def _write_report(
     run: Path,
+    method: str,
     records: list[dict[str, Any]],
     table: str,
     pictures: dict[str, list[Path]],
     export: Path,
 ) -> Path:
-    first, last = records[0], records[-1]
     lines = [
-        "# densessl demo: DINO (tiny preset) on synthetic scenes",
+        f"# densessl demo: {method} (tiny preset) on synthetic scenes",
         "",
-        f"Training: {last['step']} steps; loss {first['loss']:.3f} (step {first['step']}) -> "
-        f"{last['loss']:.3f}; teacher entropy {last['teacher_entropy']:.2f}, batch entropy "
-        f"{last['teacher_batch_entropy']:.2f}; {last['img_s']:.0f} img/s.",
+        f"Training: {_training_summary(records)}.",
         "",
         "## Dense evaluation on the val split (mIoU, %)",
         "",
