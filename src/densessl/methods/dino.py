@@ -76,6 +76,18 @@ class DINOParams:
                 raise ValueError(f"{self.section}.{name} must be > 0, got {getattr(self, name)}")
 
 
+def dino_head(params: DINOParams, in_dim: int, out_dim: int | None = None) -> DINOHead:
+    """DINO's projection head sized by ``params`` (``out_dim`` defaults to ``params.out_dim``)."""
+    return DINOHead(
+        in_dim,
+        params.out_dim if out_dim is None else out_dim,
+        hidden_dim=params.hidden_dim,
+        bottleneck_dim=params.bottleneck_dim,
+        use_bn=params.use_bn_in_head,
+        norm_last_layer=params.norm_last_layer,
+    )
+
+
 def teacher_temperature(params: DINOParams, info: StepInfo) -> float:
     """τt at this step: linear from ``warmup_teacher_temp`` to ``teacher_temp`` over
     ``warmup_teacher_temp_epochs`` (counted in steps), then constant."""
@@ -138,14 +150,7 @@ class DINO(Method):
         if not backbone.cls_token:
             raise ValueError("dino needs a backbone with a CLS token (backbone.cls_token=true)")
         student_backbone = build_backbone(backbone)
-        head = DINOHead(
-            student_backbone.embed_dim,
-            params.out_dim,
-            hidden_dim=params.hidden_dim,
-            bottleneck_dim=params.bottleneck_dim,
-            use_bn=params.use_bn_in_head,
-            norm_last_layer=params.norm_last_layer,
-        )
+        head = dino_head(params, student_backbone.embed_dim)
         self.student = StudentTeacher(student_backbone, head)
         self.teacher = make_teacher(self.student, backbone)
         self.dino_loss = DINOLoss(params.out_dim, params.student_temp, params.center_momentum)

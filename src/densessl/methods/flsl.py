@@ -74,9 +74,14 @@ from torch import Tensor, nn
 from densessl.backbone import BackboneConfig, ViTBackbone, build_backbone
 from densessl.flsl_loss import FLSLLoss, nonparametric_attention
 from densessl.flsl_sampling import num_window_samples, window_sample_indices
-from densessl.heads import DINOHead
 from densessl.methods.base import Method, StepInfo, register_method
-from densessl.methods.dino import DINOParams, StudentTeacher, make_teacher, teacher_temperature
+from densessl.methods.dino import (
+    DINOParams,
+    StudentTeacher,
+    dino_head,
+    make_teacher,
+    teacher_temperature,
+)
 from densessl.schedules import cosine
 from densessl.views import ViewsConfig, group_by_resolution
 
@@ -208,14 +213,7 @@ class FLSL(Method):
             with torch.no_grad():
                 pos_embed.copy_(sincos_pos_embed_2d(self.embed_dim, grid).unsqueeze(0))
             pos_embed.requires_grad_(False)
-        head = DINOHead(
-            self.embed_dim,
-            params.out_dim,
-            hidden_dim=params.hidden_dim,
-            bottleneck_dim=params.bottleneck_dim,
-            use_bn=params.use_bn_in_head,
-            norm_last_layer=params.norm_last_layer,
-        )
+        head = dino_head(params, self.embed_dim)
         self.student = StudentTeacher(student_backbone, head)
         self.teacher = make_teacher(self.student, backbone)
         self.flsl_loss = FLSLLoss(

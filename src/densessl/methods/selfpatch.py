@@ -71,7 +71,13 @@ from torch import Tensor, nn
 from densessl.backbone import BackboneConfig, ViTBackbone, build_backbone
 from densessl.heads import DINOHead
 from densessl.methods.base import Method, StepInfo, register_method
-from densessl.methods.dino import DINOParams, StudentTeacher, make_teacher, teacher_temperature
+from densessl.methods.dino import (
+    DINOParams,
+    StudentTeacher,
+    dino_head,
+    make_teacher,
+    teacher_temperature,
+)
 from densessl.selfpatch_aggregation import (
     BORDER_MODES,
     ClassAttentionHead,
@@ -251,16 +257,6 @@ class SelfPatch(Method):
         student_backbone = build_backbone(backbone)
         dim = student_backbone.embed_dim
 
-        def dino_head(out_dim: int) -> DINOHead:
-            return DINOHead(
-                dim,
-                out_dim,
-                hidden_dim=params.hidden_dim,
-                bottleneck_dim=params.bottleneck_dim,
-                use_bn=params.use_bn_in_head,
-                norm_last_layer=params.norm_last_layer,
-            )
-
         heads = SelfPatchHeads(
             ClassAttentionHead(
                 dim,
@@ -269,8 +265,8 @@ class SelfPatch(Method):
                 border=params.border,
                 num_blocks=params.num_ca_blocks,
             ),
-            dino_head(params.out_dim),
-            dino_head(params.patch_out_dim),
+            dino_head(params, dim),
+            dino_head(params, dim, params.patch_out_dim),
         )
         self.student = SelfPatchNetwork(student_backbone, heads)
         self.teacher = make_teacher(self.student, backbone)
