@@ -31,6 +31,12 @@ from densessl.checkpoint import (
 from densessl.config import ConfigError, RunConfig, build_run_config
 from densessl.data.sources import build_pretrain_images
 from densessl.methods.base import Method, StepInfo, get_method
+from densessl.numerics import (
+    NonFiniteLossError,
+    clip_gradients_per_parameter,
+    nonfinite_gradient_error,
+    nonfinite_loss_error,
+)
 from densessl.precision import autocast, resolve_device, resolve_precision
 from densessl.run_dir import RunDirectory
 from densessl.sampler import ResumableSampler
@@ -38,10 +44,7 @@ from densessl.schedules import cosine, warmup_cosine
 from densessl.views import MultiCropDataset, MultiCropViews, collate_views
 from densessl.warm_start import warm_start
 
-
-class NonFiniteLossError(RuntimeError):
-    """The loss or a gradient became NaN/inf; the message names the step and the loss terms
-    (or the parameters whose gradients are non-finite)."""
+__all__ = ["NonFiniteLossError", "Trainer", "pretrain", "read_metrics"]
 
 
 def _setup_distributed(device: torch.device) -> tuple[int, int]:
@@ -51,24 +54,6 @@ def _setup_distributed(device: torch.device) -> tuple[int, int]:
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
-
-
-def clip_gradients_per_parameter(
-    parameters: list[torch.nn.Parameter], max_norm: float
-) -> list[torch.Tensor]:
-    """Rescale each gradient tensor to norm <= ``max_norm`` on its own (official DINO clip).
-
-    Returns the norms before clipping (one 0-d tensor per parameter that has a gradient), so
-    callers can check them for NaN/inf without a second pass.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return []
-    norms = list(torch._foreach_norm(grads))
-    if max_norm > 0:
-        scales = [torch.clamp(max_norm / (n + 1e-6), max=1.0) for n in norms]
-        torch._foreach_mul_(grads, scales)
-    return norms
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
@@ -247,36 +232,18 @@ class Trainer:
         return logged
 
     def _raise_nonfinite(self, out: dict[str, torch.Tensor]) -> None:
-        bad = [k for k, v in out.items() if v.dim() == 0 and not bool(torch.isfinite(v))]
-        raise NonFiniteLossError(
-            f"non-finite loss at step {self.step} (terms: {', '.join(bad) or 'loss'}); "
-            f"the last good checkpoint is kept at {self.run_dir.last_checkpoint}. Try a lower "
-            "optim.lr, precision=fp32, or a larger teacher temperature."
-        )
+        raise nonfinite_loss_error(self.step, out, self.run_dir.last_checkpoint)
 
     def _raise_nonfinite_gradients(
         self, norms: list[torch.Tensor] | None, out: dict[str, torch.Tensor] | None
     ) -> None:
         step = self.step if norms is not None else int(self._first_bad_grad_step)
-        where = ""
+        named = None
         if norms is not None:
             with_grad = [n for n, p in zip(self.trainable_names, self.trainable, strict=True)
                          if p.grad is not None]  # fmt: skip
-            bad = [n for n, v in zip(with_grad, norms, strict=True) if not bool(v.isfinite())]
-            more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
-            where = f" in {', '.join(bad[:5])}{more}"
-        terms = ""
-        if out is not None:
-            terms = (
-                " (loss terms were finite: "
-                + ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items() if v.dim() == 0)
-                + ")"
-            )
-        raise NonFiniteLossError(
-            f"non-finite gradients at step {step}{where}{terms}; the last good checkpoint "
-            f"is kept at {self.run_dir.last_checkpoint}. Try a lower optim.lr, "
-            "optim.clip_grad > 0, or precision=fp32."
-        )
+            named = dict(zip(with_grad, norms, strict=True))
+        raise nonfinite_gradient_error(step, named, out, self.run_dir.last_checkpoint)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
         self._stop_requested = True

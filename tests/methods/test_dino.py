@@ -9,7 +9,8 @@ import torch
 
 from densessl.config import build_run_config
 from densessl.methods import get_method
-from densessl.train import Trainer, clip_gradients_per_parameter, read_metrics
+from densessl.numerics import clip_gradients_per_parameter
+from densessl.train import Trainer, read_metrics
 
 SMALL = [
     "data.scenes_num_images=64",

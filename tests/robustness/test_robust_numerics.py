@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from densessl.checkpoint import load_training_state
-from densessl.train import NonFiniteLossError, Trainer
+from densessl.numerics import NonFiniteLossError
+from densessl.train import Trainer
 
 from .helpers import tiny_config
 
