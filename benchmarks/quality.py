@@ -1,0 +1,224 @@
+"""The papers' table in miniature: every method, the same tiny budget, the same evaluation.
+
+    python benchmarks/quality.py                          # full table (resumes, reuses cells)
+    python benchmarks/quality.py --max-minutes 120        # one chunk; run again to continue
+    python benchmarks/quality.py --rows dino leopart --seeds 0 1 2
+    python benchmarks/quality.py --report-only            # rewrite the report from the cache
+    python benchmarks/quality.py --quick --out /tmp/q     # smoke mode (CI): pipeline + formats
+
+Each registered method pretrains the same tiny ViT (128-d, 4 blocks, patch 8) on generated
+scenes with the same budget (batch, optimizer steps, pretraining scenes, seeds); everything
+else comes from the method's ``tiny`` preset. The teacher backbone is then evaluated on
+held-out scenes (another scene seed) with the linear probe, overclustering (K = C Hungarian,
+K = 4C many-to-one) and dense retrieval. Reference rows: one-hot labels as features (pixel
+cells: the evaluator must score ~100; 8-px cells: the patch grid's own ceiling), a random-init
+backbone (floor) and the same ViT trained supervised on the masks for the same steps
+(ceiling).
+
+A cell is one (row, seed). Its folder under ``--cache`` is named by a hash of everything that
+decides its numbers (the resolved training config, the evaluation settings and the densessl
+source code), holds the run with its checkpoints (written every few minutes; a killed cell
+resumes from the last one) and, when finished, ``cell.json``. Re-running with nothing
+changed trains nothing; changing the code or a setting starts new cells.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from quality_cells import evaluate_backbone, hardware, train_row
+from quality_report import write_report
+
+HERE = Path(__file__).resolve().parent
+REFERENCE_ROWS = ("onehot-pixel", "onehot-patch", "random", "supervised")
+METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """What every row shares. ``pretrain_overrides`` apply to every method's tiny preset."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    pretrain_scenes: int = 2000
+    scenes_size: int = 96
+    eval_scenes: int = 1000
+    eval_seed: int = 1000
+    seeds: tuple[int, ...] = (0, 1, 2)
+    num_workers: int = 1
+    checkpoint_every: int = 100
+    depth: int = 4
+    supervised_lr: float = 1e-3
+    linear: dict[str, Any] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)
+    retrieval: dict[str, Any] = field(default_factory=dict)
+    pretrain_overrides: tuple[str, ...] = ()
+
+    def shared_overrides(self, seed: int) -> list[str]:
+        return [
+            f"optim.steps={self.steps}",
+            f"data.batch_size={self.batch_size}",
+            "data.path=scenes",
+            f"data.scenes_num_images={self.pretrain_scenes}",
+            f"data.scenes_size={self.scenes_size}",
+            "data.scenes_seed=0",
+            f"data.num_workers={self.num_workers}",
+            "backbone.arch=vit_tiny",
+            "backbone.patch_size=8",
+            "backbone.embed_dim=128",
+            f"backbone.depth={self.depth}",
+            "backbone.num_heads=4",
+            f"train.seed={seed}",
+            f"train.checkpoint_every={self.checkpoint_every}",
+            "train.progress=false",
+            "train.precision=auto",
+            *self.pretrain_overrides,
+        ]
+
+
+FULL = Budget()
+QUICK = Budget(
+    steps=3,
+    batch_size=4,
+    pretrain_scenes=40,
+    eval_scenes=40,
+    seeds=(0,),
+    num_workers=0,
+    checkpoint_every=2,
+    depth=1,
+    linear={"epochs": 2, "lr_step_epoch": 1},
+    cluster={"seeds": [0], "n_init": 1, "iters": 5},
+    retrieval={"memory_size": 2000},
+)
+
+
+def code_version() -> str:
+    """Hash of the densessl sources (every ``.py`` under the package) and its version."""
+    import densessl
+
+    root = Path(densessl.__file__).resolve().parent
+    digest = hashlib.sha256(densessl.__version__.encode())
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def registered_rows() -> list[str]:
+    from densessl.methods import list_methods
+
+    names = list_methods()
+    ordered = [m for m in METHOD_ORDER if m in names]
+    return [*REFERENCE_ROWS, *ordered, *sorted(set(names) - set(ordered))]
+
+
+def cell_folder(cache: Path, row: str, seed: int, spec: dict[str, Any], version: str) -> Path:
+    text = json.dumps({"spec": spec, "code": version}, sort_keys=True, default=str)
+    return cache / f"{row}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def run_cell(row: str, seed: int, budget: Budget, cache: Path, version: str) -> dict[str, Any]:
+    """Train (or resume) and evaluate one cell; reuse ``cell.json`` when it exists."""
+    trained = train_row(row, seed, budget, dry=True)
+    folder = cell_folder(cache, row, seed, trained["spec"], version)
+    done = folder / "cell.json"
+    if done.is_file():
+        record = json.loads(done.read_text())
+        record["cached"] = True
+        return record
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "spec.json").write_text(json.dumps(trained["spec"], indent=1, default=str))
+    start = time.perf_counter()
+    trained = train_row(row, seed, budget, folder=folder)
+    evaluation = evaluate_backbone(trained["extractor"], trained["eval_datasets"], budget)
+    record = {
+        "row": row,
+        "seed": seed,
+        "cell": folder.name,
+        "code_version": version,
+        "training": trained["training"],
+        "results": evaluation["results"],
+        "summary": evaluation["summary"],
+        "eval_seconds": evaluation["seconds"],
+        "seconds_this_invocation": time.perf_counter() - start,
+        "hardware": hardware(),
+        "finished": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    torch.save(evaluation["picture_features"], folder / "picture_features.pt")
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1, default=str))
+    tmp.replace(done)
+    record["cached"] = False
+    return record
+
+
+def plan(rows: list[str], seeds: tuple[int, ...]) -> list[tuple[str, int]]:
+    """Seed-major order, so that a partial table has every row at the same seed count; the
+    one-hot rows are deterministic and run once."""
+    cells = []
+    for seed in seeds:
+        for row in rows:
+            if row.startswith("onehot") and seed != seeds[0]:
+                continue
+            cells.append((row, seed))
+    return cells
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke mode: minutes, not hours")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="report folder")
+    parser.add_argument("--cache", type=Path, default=None, help="cells (default: OUT/cache)")
+    parser.add_argument("--rows", nargs="*", default=None, help="rows to run (default: all)")
+    parser.add_argument("--seeds", nargs="*", type=int, default=None)
+    parser.add_argument("--max-minutes", type=float, default=None, help="start no cell after")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
+    args = parser.parse_args(argv)
+
+    budget = QUICK if args.quick else FULL
+    if args.seeds:
+        budget = dataclasses.replace(budget, seeds=tuple(args.seeds))
+    cache = args.cache or (args.out / "cache")
+    every = registered_rows()
+    rows = args.rows or every
+    unknown = sorted(set(rows) - set(every))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {every}")
+    version = code_version()
+    start = time.perf_counter()
+    records = []
+    for row, seed in plan(rows, budget.seeds):
+        if args.report_only:
+            break
+        minutes = (time.perf_counter() - start) / 60
+        if args.max_minutes is not None and minutes >= args.max_minutes:
+            print(f"stopping after {minutes:.0f} min (--max-minutes); run again to continue")
+            break
+        print(f"[{time.strftime('%H:%M:%S')}] cell {row} seed {seed} ...", flush=True)
+        record = run_cell(row, seed, budget, cache, version)
+        state = "cached" if record["cached"] else f"{record['seconds_this_invocation']:.0f} s"
+        shown = ", ".join(f"{k} {v:.1f}" for k, v in record["results"].items())
+        print(f"    {state}: {shown}", flush=True)
+        records.append(record)
+    command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
+    expected = {}
+    for row, seed in plan(every, budget.seeds):
+        spec = train_row(row, seed, budget, dry=True)["spec"]
+        expected[(row, seed)] = cell_folder(cache, row, seed, spec, version)
+    paths = write_report(args.out, expected, every, budget, version, command, quick=args.quick)
+    print("wrote " + ", ".join(str(p) for p in paths))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

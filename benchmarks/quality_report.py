@@ -1,0 +1,228 @@
+"""The report of the quality benchmark: ``quality.md``, ``quality.json`` and the PCA picture.
+
+Cells are read from their folders (only the cells of the current budget and code version);
+a row shows mean ± sample std over its finished seeds and how many of the planned seeds are
+done, so a partial run still gives an honest table. The targets of the benchmark are checked
+automatically: a gap counts when it exceeds k · sqrt(std_a² + std_b²) with at least three
+seeds on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+COLUMNS = (
+    ("linear", "linear"),
+    ("cluster_C", "K=C Hungarian"),
+    ("cluster_4C", "K=4C many-to-one"),
+    ("retrieval", "retrieval"),
+)
+LABELS = {
+    "onehot-pixel": "one-hot labels, pixel cells (evaluator sanity)",
+    "onehot-patch": "one-hot labels, 8-px cells (patch-grid ceiling)",
+    "random": "random init (floor)",
+    "supervised": "supervised on the masks (ceiling)",
+}
+PICTURE = "quality_pca.png"
+
+
+def load_cells(expected: dict[tuple[str, int], Path]) -> dict[tuple[str, int], dict[str, Any]]:
+    cells = {}
+    for key, folder in expected.items():
+        path = folder / "cell.json"
+        if path.is_file():
+            cells[key] = json.loads(path.read_text())
+    return cells
+
+
+def _stats(values: list[float]) -> tuple[float, float | None]:
+    mean = statistics.fmean(values)
+    return mean, (statistics.stdev(values) if len(values) >= 2 else None)
+
+
+def row_stats(cells: dict, row: str) -> dict[str, Any]:
+    done = [c for (r, _), c in sorted(cells.items()) if r == row]
+    out: dict[str, Any] = {"row": row, "seeds_done": [c["seed"] for c in done]}
+    for key, _ in COLUMNS:
+        values = [c["results"][key] for c in done if key in c["results"]]
+        out[key] = (*_stats(values), len(values)) if values else None
+    trained = [c["training"] for c in done if c["training"].get("steps")]
+    if trained:
+        out["steps"] = trained[0]["steps"]
+        out["train_minutes"] = statistics.fmean(t["train_seconds"] for t in trained) / 60
+        losses = [t["final_loss"] for t in trained if t.get("final_loss") is not None]
+        out["final_loss"] = statistics.fmean(losses) if losses else None
+    return out
+
+
+def _cell_text(value: tuple[float, float | None, int] | None) -> str:
+    if value is None:
+        return "—"
+    mean, std, _ = value
+    return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
+
+
+def format_table(stats: list[dict[str, Any]], planned: dict[str, int]) -> str:
+    head = ["row", "seeds"] + [name for _, name in COLUMNS] + ["steps", "train min", "loss"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for s in stats:
+        extra = [
+            str(s.get("steps", "—")),
+            f"{s['train_minutes']:.1f}" if "train_minutes" in s else "—",
+            f"{s['final_loss']:.3f}" if s.get("final_loss") is not None else "—",
+        ]
+        cells = [LABELS.get(s["row"], s["row"]), f"{len(s['seeds_done'])}/{planned[s['row']]}"]
+        cells += [_cell_text(s[key]) for key, _ in COLUMNS] + extra
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _gap(a: Any, b: Any, k: float) -> tuple[str, str]:
+    """Is ``a`` above ``b`` by more than k combined std? (status, text)."""
+    if a is None or b is None or a[2] < 3 or b[2] < 3:
+        return "pending", "needs >= 3 seeds on both rows"
+    gap = a[0] - b[0]
+    sigma = math.sqrt((a[1] or 0.0) ** 2 + (b[1] or 0.0) ** 2)
+    ok = gap > k * sigma
+    return ("met" if ok else "NOT met"), f"gap {gap:+.1f}, {k:g}σ = {k * sigma:.1f}"
+
+
+def check_targets(by_row: dict[str, dict[str, Any]]) -> list[str]:
+    lines = []
+
+    def value(row: str, key: str) -> Any:
+        return by_row.get(row, {}).get(key)
+
+    for row, key, floor, what in (
+        ("onehot-pixel", "linear", 95.0, "one-hot labels (pixel cells) linear ≥ 95"),
+        ("supervised", "linear", 40.0, "supervised linear ≥ 40"),
+    ):
+        v = value(row, key)
+        status = "pending" if v is None else ("met" if v[0] >= floor else "NOT met")
+        lines.append(f"- {what}: **{status}**" + ("" if v is None else f" ({v[0]:.1f})"))
+    for key, name in (("linear", "linear"), ("cluster_C", "K=C")):
+        status, text = _gap(value("dino", key), value("random", key), 3)
+        lines.append(f"- DINO above random init by > 3σ on {name}: **{status}** ({text})")
+    dense = [r for r in by_row if r not in ("onehot-pixel", "onehot-patch", "random")]
+    for row in dense:
+        if row in ("supervised", "dino"):
+            continue
+        for key, name in (("linear", "linear"), ("cluster_C", "K=C"), ("cluster_4C", "K=4C")):
+            status, text = _gap(value(row, key), value("dino", key), 2)
+            lines.append(f"- {row} above DINO by > 2σ on {name}: **{status}** ({text})")
+    return lines
+
+
+def _picture(cells: dict, expected: dict, rows: list[str], out: Path) -> Path | None:
+    from densessl.viz_draw import compose_panel, image_to_pil, label_overlay, map_to_pil
+    from densessl.viz_pca import pca_rgb
+
+    tiles, base = [], None
+    for row in rows:
+        seeds = sorted(s for (r, s) in cells if r == row)
+        if not seeds or row.startswith("onehot"):
+            continue
+        path = expected[(row, seeds[0])] / "picture_features.pt"
+        if not path.is_file():
+            continue
+        data = torch.load(path, map_location="cpu", weights_only=True)
+        if base is None:
+            image = image_to_pil(data["image"]).resize((192, 192))
+            labels = data["label"].long()
+            tiles += [("image", image), ("labels", label_overlay(image.copy(), labels))]
+            base = image
+        rgb = pca_rgb([data["features"]])[0]
+        tiles.append((row, map_to_pil(rgb, (192, 192))))
+    if base is None:
+        return None
+    path = out / PICTURE
+    compose_panel(tiles, columns=4).save(path)
+    return path
+
+
+def write_report(
+    out: Path,
+    expected: dict[tuple[str, int], Path],
+    rows: list[str],
+    budget: Any,
+    version: str,
+    command: str,
+    quick: bool,
+) -> list[Path]:
+    """Write ``quality.md``, ``quality.json`` and the picture into ``out``; return the paths."""
+    from quality_cells import describe_budget
+
+    out.mkdir(parents=True, exist_ok=True)
+    cells = load_cells(expected)
+    planned = {row: sum(1 for (r, _) in expected if r == row) for row in rows}
+    stats = [row_stats(cells, row) for row in rows]
+    by_row = {s["row"]: s for s in stats}
+    picture = _picture(cells, expected, rows, out)
+    hardware = next(iter(cells.values()))["hardware"] if cells else {}
+    table = format_table(stats, planned)
+    checks = check_targets(by_row)
+    md = [
+        "# Quality benchmark: dense SSL methods at equal compute on synthetic scenes",
+        "",
+        "Quick smoke mode: the numbers below are NOT quality results." if quick else "",
+        f"Command: `{command}` (resumable; finished cells are reused). Code version {version}.",
+        "",
+        table,
+        "",
+        "mIoU % on held-out scenes, mean ± sample std over training seeds (`seeds`: done/planned).",
+        "",
+        "## Targets",
+        "",
+        *checks,
+        "",
+        "## Protocol",
+        "",
+        _protocol_text(budget, hardware),
+    ]
+    if picture is not None:
+        md += ["", f"![PCA of patch features, one held-out image]({PICTURE})", ""]
+    md_path = out / "quality.md"
+    md_path.write_text("\n".join(md) + "\n")
+    record = {
+        "command": command,
+        "code_version": version,
+        "budget": describe_budget(budget),
+        "hardware": hardware,
+        "rows": stats,
+        "targets": checks,
+        "cells": [cells[k] for k in sorted(cells)],
+    }
+    json_path = out / "quality.json"
+    json_path.write_text(json.dumps(record, indent=1, default=str) + "\n")
+    return [md_path, json_path] + ([picture] if picture is not None else [])
+
+
+def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"- Pretraining: {budget.steps} optimizer steps of batch {budget.batch_size} on "
+            f"{budget.pretrain_scenes} generated scenes ({budget.scenes_size} px, scene seed 0, "
+            "train split); each method's `tiny` preset (its crops, heads, optimiser recipe) with "
+            f"the shared ViT (vit_tiny, 128-d, {budget.depth} blocks, 4 heads, patch 8); seeds "
+            f"{', '.join(map(str, budget.seeds))} (init, data order, augmentation).",
+            "- Supervised: the same ViT + a 1x1 linear head, pixel cross-entropy on the masks of "
+            "the same scenes, global-crop-sized random crops, same steps and batch, AdamW "
+            f"lr {budget.supervised_lr:g}; only the backbone is evaluated.",
+            f"- Evaluation: {budget.eval_scenes} held-out scenes (scene seed {budget.eval_seed}; "
+            "80 % train / 20 % val), native resolution, the teacher backbone's patch tokens: "
+            "linear probe (scenes preset, train → val), overclustering on val (standardise, "
+            "PCA-50, k-means, 3 seeds; K = C Hungarian, K = 4C many-to-one), dense retrieval "
+            "(train memory → val, no matching). Overrides: "
+            f"linear {budget.linear or 'none'}, cluster {budget.cluster or 'none'}, "
+            f"retrieval {budget.retrieval or 'none'}.",
+            f"- Hardware: {hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} "
+            f"threads, {hardware.get('device', '?')}, autocast {hardware.get('dtype', '?')}, "
+            f"torch {hardware.get('torch', '?')}.",
+        ]
+    )

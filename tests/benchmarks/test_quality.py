@@ -1,0 +1,65 @@
+"""The quality benchmark's smoke mode: every row, the report files, and cached cells reused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from densessl.methods import list_methods
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+
+
+def run(*args: str) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
+    out = tmp_path / "results"
+    first = run("--quick", "--out", str(out))
+    rows = ["onehot-pixel", "onehot-patch", "random", "supervised", *sorted(list_methods())]
+    for row in rows:
+        assert f"cell {row} seed 0" in first
+    assert "cached" not in first
+
+    record = json.loads((out / "quality.json").read_text())
+    assert {r["row"] for r in record["rows"]} == set(rows)
+    assert len(record["cells"]) == len(rows)
+    for cell in record["cells"]:
+        assert cell["hardware"]["dtype"] in ("float32", "bfloat16")
+        assert set(cell["results"]) >= {"linear"}
+        if not cell["row"].startswith("onehot"):
+            assert set(cell["results"]) == {"linear", "cluster_C", "cluster_4C", "retrieval"}
+        if cell["row"] not in ("random",) and not cell["row"].startswith("onehot"):
+            assert cell["training"]["steps"] == 3
+            assert cell["training"]["train_seconds"] > 0
+    markdown = (out / "quality.md").read_text()
+    assert "NOT quality results" in markdown and "python benchmarks/quality.py --quick" in markdown
+    assert markdown.count("\n| ") == len(rows) + 1  # header + one line per row
+    assert (out / "quality_pca.png").stat().st_size > 1000
+
+    second = run("--quick", "--out", str(out))
+    assert second.count("cached") == len(rows)  # nothing trained or evaluated again
+    assert json.loads((out / "quality.json").read_text())["rows"] == record["rows"]
+
+
+def test_unknown_rows_are_refused(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out", str(tmp_path), "--rows", "nope"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert done.returncode == 2 and "unknown rows ['nope']" in done.stderr
