@@ -89,6 +89,10 @@ class BackboneConfig:
         drop_path_rate: stochastic depth, linear from 0 to this over the blocks.
         pos_interp: ``"timm"`` (timm's antialiased bicubic resampling) or ``"dino"``
             (the official DINO formula; bit-compatible with its features at any size).
+        grad_checkpointing: recompute each block's activations in the backward pass instead
+            of keeping them (activation checkpointing): ~1/3 more compute for a much smaller
+            activation memory; for ViT-B/L or large batches. Training-time only, the weights
+            are unchanged.
     """
 
     arch: str = "vit_small"
@@ -101,6 +105,7 @@ class BackboneConfig:
     final_norm: bool = True
     drop_path_rate: float = 0.0
     pos_interp: str = "timm"
+    grad_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
@@ -166,6 +171,7 @@ class ViTBackbone(nn.Module):
         if os.environ.get("TIMM_FUSED_ATTN", "1") != "0":
             for block in self.model.blocks:
                 block.attn.fused_attn = True
+        self.model.set_grad_checkpointing(config.grad_checkpointing)
 
     # ------------------------------------------------------------------ geometry
     def grid_size(self, height: int, width: int) -> tuple[int, int]:

@@ -11,18 +11,27 @@ statistics computed under ``torch.no_grad()``.
 
 from __future__ import annotations
 
+import os
+import warnings
+
 import torch
 import torch.distributed as dist
-from torch import Tensor
+from torch import Tensor, nn
 
 __all__ = [
+    "agree_any",
+    "all_gather_stack",
     "all_reduce_max",
     "all_reduce_mean",
     "all_reduce_sum",
+    "gather_buffers",
+    "init_from_env",
     "is_distributed",
     "is_main_process",
     "rank",
+    "scatter_buffers",
     "world_size",
+    "wrap_ddp",
 ]
 
 
@@ -96,3 +105,87 @@ def all_reduce_max(tensor: Tensor) -> Tensor:
     if is_distributed() and world_size() > 1:
         dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor
+
+
+def all_gather_stack(tensor: Tensor) -> Tensor:
+    """Every process's ``tensor`` stacked along a new first dimension (``[W, ...]``).
+
+    Collective: every process must call it. Without a process group: ``tensor[None]``.
+    """
+    if not (is_distributed() and world_size() > 1):
+        return tensor.unsqueeze(0)
+    local = tensor.contiguous()
+    parts = [torch.empty_like(local) for _ in range(world_size())]
+    dist.all_gather(parts, local)
+    return torch.stack(parts)
+
+
+def agree_any(flags: list[bool], device: torch.device) -> list[bool]:
+    """Element-wise OR of per-process booleans (a signal or a clock seen by one process).
+
+    Collective with one host sync: call it only where the processes already wait for each
+    other (log steps). Without a process group the flags are returned unchanged.
+    """
+    if not (is_distributed() and world_size() > 1):
+        return list(flags)
+    values = torch.tensor([float(f) for f in flags], device=device)
+    all_reduce_max(values)
+    return [bool(v) for v in values.cpu().tolist()]
+
+
+def init_from_env(device: torch.device) -> tuple[int, int]:
+    """Join the process group ``torchrun`` describes (``WORLD_SIZE``, ``RANK``, ``MASTER_*``).
+
+    Uses nccl for CUDA devices (after selecting ``device``, the ``LOCAL_RANK`` GPU) and gloo
+    otherwise. An existing default group is kept (tests create one themselves).
+
+    Returns:
+        ``(rank, world_size)``; ``(0, 1)`` outside ``torchrun``.
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank(), world_size()
+
+
+def gather_buffers(module: nn.Module, names: list[str]) -> dict[str, Tensor]:
+    """``{name: [W, ...]}`` of the named buffers of every process, on CPU (collective)."""
+    buffers = dict(module.named_buffers())
+    return {name: all_gather_stack(buffers[name]).cpu() for name in names}
+
+
+def scatter_buffers(module: nn.Module, parts: dict[str, Tensor]) -> None:
+    """Inverse of :func:`gather_buffers`: this process's slice back into each buffer.
+
+    Raises:
+        ValueError: the parts were gathered from another number of processes.
+    """
+    buffers = dict(module.named_buffers())
+    for name, stacked in parts.items():
+        if stacked.shape[0] != world_size():
+            raise ValueError(
+                f"{name} was saved by {stacked.shape[0]} processes; resume with as many "
+                f"(now {world_size()})"
+            )
+        buffers[name].copy_(stacked[rank()])
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel(module)`` with several processes, else ``module`` itself.
+
+    Buffers are not broadcast at each forward: the components that hold statistics
+    (centres, queues) all-reduce them themselves, and Leopart's queue shards differ per
+    process by design.
+    """
+    if world_size() == 1:
+        return module
+    with warnings.catch_warnings():  # torch 2.14 deprecates broadcast_buffers, whose
+        # replacement still syncs buffers at init; keep the documented rank-local behaviour.
+        warnings.simplefilter("ignore", FutureWarning)
+        return nn.parallel.DistributedDataParallel(
+            module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            broadcast_buffers=False,
+        )

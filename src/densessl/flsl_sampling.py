@@ -22,6 +22,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from densessl.keyed_random import keyed_randint
+
 __all__ = ["num_window_samples", "window_sample_indices"]
 
 Grid = tuple[int, int]
@@ -50,6 +52,8 @@ def window_sample_indices(
     batch: int,
     random_sampling: bool = False,
     generator: torch.Generator | None = None,
+    keys: Tensor | None = None,
+    salt: int = 0,
 ) -> Tensor:
     """Sample one token per window for ``batch`` views (see the module docstring).
 
@@ -58,25 +62,37 @@ def window_sample_indices(
         window: window side ``s`` (3 for FLSL's global views, 2 for local ones).
         batch: number of views; each draws its own corner (and window offsets).
         random_sampling: a random token per window instead of the top-left one.
-        generator: CPU random source (None: the global one, so runs resume exactly with
-            the RNG state the trainer checkpoints).
+        generator: CPU random source (None: the global one). Ignored when ``keys`` is given.
+        keys: ``[batch]`` int64 sample keys (``batch["key"]``): the corner and offsets of
+            view ``i`` are then a function of ``(keys[i], salt)`` only
+            (:mod:`densessl.keyed_random`), computed on ``keys.device`` without a host sync,
+            so they do not depend on the process or on the other images of the batch.
+        salt: separates the draws of different views of one image (with ``keys``).
 
     Returns:
-        ``[batch, q]`` long (CPU), q = ``(h // s) * (w // s)``: row-major token indices
-        ``row * w + col``, ascending in each row.
+        ``[batch, q]`` long, q = ``(h // s) * (w // s)``: row-major token indices
+        ``row * w + col``, ascending in each row; on ``keys.device`` (else CPU).
     """
     height, width = grid
     rows_w, cols_w = height // window, width // window
     count = num_window_samples(grid, window)
-    corner = torch.randint(4, (batch,), generator=generator)
+    device = torch.device("cpu") if keys is None else keys.device
+    if keys is not None:
+        if keys.shape != (batch,):
+            raise ValueError(f"keys must be [{batch}], got {list(keys.shape)}")
+        corner = keyed_randint(keys, 2 * salt, 4, 1)[:, 0]
+    else:
+        corner = torch.randint(4, (batch,), generator=generator)
     row0 = torch.where(corner >= 2, height - rows_w * window, 0)  # bottom corners
     col0 = torch.where(corner % 2 == 1, width - cols_w * window, 0)  # right corners
-    if random_sampling:
+    if random_sampling and keys is not None:
+        offset = keyed_randint(keys, 2 * salt + 1, window * window, count)
+    elif random_sampling:
         offset = torch.randint(window * window, (batch, count), generator=generator)
     else:
-        offset = torch.zeros(batch, count, dtype=torch.long)
-    window_row = torch.arange(rows_w).repeat_interleave(cols_w)
-    window_col = torch.arange(cols_w).repeat(rows_w)
+        offset = torch.zeros(batch, count, dtype=torch.long, device=device)
+    window_row = torch.arange(rows_w, device=device).repeat_interleave(cols_w)
+    window_col = torch.arange(cols_w, device=device).repeat(rows_w)
     rows = row0[:, None] + window_row * window + offset // window
     cols = col0[:, None] + window_col * window + offset % window
     return (rows * width + cols).sort(dim=1).values

@@ -32,7 +32,8 @@ Deviations from the official code (results are otherwise identical; the tests pi
 
 Kept as in the code: a pair with an empty mask contributes 0 but still counts in the
 ``V − 1`` denominator (spec §3.7.7), and the mask sum runs over the whole batch (a pair's
-loss is a mean over all its foreground cells, not a mean of per-image means).
+loss is a mean over all its foreground cells, not a mean of per-image means); with several
+processes the whole batch is that of all processes (the cell counts are all-reduced).
 """
 
 from __future__ import annotations
@@ -43,7 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densessl.distributed import all_reduce_sum, world_size
 from densessl.geometry import box_intersection, box_to_frame, roi_align_grid
+from densessl.keyed_random import keyed_uniform
 
 __all__ = ["EmbeddingQueue", "align_to_intersection", "leopart_loss"]
 
@@ -119,10 +122,10 @@ def leopart_loss(
     if masks is not None and len(masks) != num_targets:
         raise ValueError(f"expected {num_targets} masks, got {len(masks)}")
     boxes = boxes.float()
-    total = boxes.new_zeros(())
+    sums: list[Tensor] = []  # per (t, v) pair: Σ weight · cross-entropy, and Σ weight
+    counts: list[Tensor] = []
     for t in range(num_targets):
         flips_t = None if flips is None else flips[:, t]
-        subtotal = boxes.new_zeros(())
         for v in range(num_views):
             if v == t:
                 continue
@@ -140,7 +143,24 @@ def leopart_loss(
                     masks[t].float()[:, None], boxes[:, t], boxes[:, v], flips_t, output_size
                 )
                 weight = weight * (m[:, 0] >= 1.0 - mask_tolerance).float()
-            subtotal = subtotal + (cross_entropy * weight).sum() / weight.sum().clamp_min(1.0)
+            sums.append((cross_entropy * weight).sum())
+            counts.append(weight.sum())
+    # Each pair's loss is a mean over its counted cells of the *whole* batch: with W
+    # processes the cell counts are summed over processes (one all-reduce, no gradient) and
+    # each process divides its own sum by the global count / W, so that DDP's average of the
+    # W losses (and of their gradients) is the single-process value.
+    denominators = torch.stack(counts).detach()
+    if world_size() > 1:
+        denominators = all_reduce_sum(denominators.clone()).clamp_min(1.0) / world_size()
+    else:
+        denominators = denominators.clamp_min(1.0)
+    total = boxes.new_zeros(())
+    pair = 0
+    for _ in range(num_targets):
+        subtotal = boxes.new_zeros(())
+        for _ in range(num_views - 1):
+            subtotal = subtotal + sums[pair] / denominators[pair]
+            pair += 1
         total = total + subtotal / (num_views - 1)
     return total / num_targets
 
@@ -184,7 +204,12 @@ class EmbeddingQueue(nn.Module):
 
     @torch.no_grad()
     def push(
-        self, target: int, embeddings: Tensor, keep: Tensor | None = None, max_rows: int = 320
+        self,
+        target: int,
+        embeddings: Tensor,
+        keep: Tensor | None = None,
+        max_rows: int = 320,
+        sample_keys: Tensor | None = None,
     ) -> None:
         """Append up to ``max_rows`` randomly chosen rows of ``embeddings`` where ``keep``.
 
@@ -196,18 +221,46 @@ class EmbeddingQueue(nn.Module):
                 official code fails there).
             max_rows: rows pushed per call at most (Leopart: 10 x batch size), capped at the
                 queue length.
+            sample_keys: ``[B]`` int64 sample keys (``batch["key"]``), ``N = B x n`` rows
+                grouped per image. Each image then contributes up to ``max_rows // B`` of its
+                own eligible rows, chosen by :mod:`densessl.keyed_random`: the rows pushed
+                depend only on the images, not on which process holds them, so W processes
+                with ``B / W`` images fill their ``length / W`` queues with exactly the rows
+                one process pushes (as long as every image has that many eligible rows).
 
-        Uses the global RNG of the embeddings' device; no host sync.
+        Without ``sample_keys`` the rows are drawn from the whole batch with the global RNG
+        of the embeddings' device. No host sync either way.
         """
-        rows = min(max_rows, embeddings.shape[0], self.length)
-        if rows <= 0:
-            return
-        keys = torch.rand(embeddings.shape[0], device=embeddings.device)
-        if keep is not None:
-            keys = torch.where(keep, keys, torch.full_like(keys, -1.0))
-        top, index = keys.topk(rows)
-        valid = top >= 0  # eligible rows come first
-        slots = (self.position[target] + torch.arange(rows, device=keys.device)) % self.length
+        if sample_keys is not None:
+            batch = sample_keys.shape[0]
+            if batch < 1 or embeddings.shape[0] % batch:
+                raise ValueError(
+                    f"{embeddings.shape[0]} rows do not split into {batch} images' tokens"
+                )
+            per_image = embeddings.shape[0] // batch
+            rows_per_image = min(max_rows // batch, per_image)
+            rows = min(rows_per_image * batch, self.length)
+            if rows <= 0:
+                return
+            scores = keyed_uniform(sample_keys.to(embeddings.device), target, per_image)
+            if keep is not None:
+                scores = torch.where(keep.reshape(batch, per_image), scores, -1.0)
+            top, local = scores.topk(rows_per_image, dim=1)
+            offsets = torch.arange(batch, device=local.device)[:, None] * per_image
+            top, index = top.flatten()[:rows], (local + offsets).flatten()[:rows]
+            # Eligible rows first, in image order (a stable sort: no host sync).
+            order = torch.argsort((top < 0).to(torch.uint8), stable=True)
+            top, index = top[order], index[order]
+        else:
+            rows = min(max_rows, embeddings.shape[0], self.length)
+            if rows <= 0:
+                return
+            keys = torch.rand(embeddings.shape[0], device=embeddings.device)
+            if keep is not None:
+                keys = torch.where(keep, keys, torch.full_like(keys, -1.0))
+            top, index = keys.topk(rows)  # eligible rows come first
+        valid = top >= 0
+        slots = (self.position[target] + torch.arange(rows, device=index.device)) % self.length
         queue = self.embeddings[target]
         new = embeddings[index].to(queue.dtype)
         queue[slots] = torch.where(valid[:, None], new, queue[slots])

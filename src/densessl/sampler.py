@@ -62,3 +62,9 @@ class ResumableSampler(Sampler[tuple[int, int]]):
             block = used[b * self.global_batch : (b + 1) * self.global_batch]
             for index in block[self.rank :: self.world_size].tolist():
                 yield self.epoch, index
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """Seed of the global RNG at ``step`` on process ``rank`` (a function of the three only)."""
+    mixed = ((seed * 1_000_003 + step) * 2_654_435_761 + rank * 40_503 + 1) % (2**63 - 1)
+    return mixed

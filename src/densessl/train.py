@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch.utils.data import DataLoader
 
 from densessl import __version__
@@ -30,6 +28,14 @@ from densessl.checkpoint import (
 )
 from densessl.config import ConfigError, RunConfig, build_run_config
 from densessl.data.sources import build_pretrain_images
+from densessl.distributed import (
+    agree_any,
+    all_reduce_mean,
+    gather_buffers,
+    init_from_env,
+    scatter_buffers,
+    wrap_ddp,
+)
 from densessl.methods.base import Method, StepInfo, get_method
 from densessl.numerics import (
     NonFiniteLossError,
@@ -39,32 +45,13 @@ from densessl.numerics import (
 )
 from densessl.precision import autocast, resolve_device, resolve_precision
 from densessl.run_dir import RunDirectory
-from densessl.sampler import ResumableSampler
+from densessl.sampler import ResumableSampler, step_seed
 from densessl.schedules import cosine, warmup_cosine
-from densessl.views import MultiCropDataset, MultiCropViews, collate_views
+from densessl.speed import compile_backbones
+from densessl.views import MultiCropDataset, MultiCropViews, batch_to_device, collate_views
 from densessl.warm_start import warm_start
 
 __all__ = ["NonFiniteLossError", "Trainer", "pretrain", "read_metrics"]
-
-
-def _setup_distributed(device: torch.device) -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    def move(value: Any) -> Any:
-        if isinstance(value, torch.Tensor):
-            return value.to(device, non_blocking=True)
-        if isinstance(value, list):
-            return [move(v) for v in value]
-        return value
-
-    return {key: move(value) for key, value in batch.items()}
 
 
 class Trainer:
@@ -73,7 +60,7 @@ class Trainer:
     def __init__(self, config: RunConfig, out: Path | str, init: str | None = None) -> None:
         self.config = config
         self.device = resolve_device(config.train.device)
-        self.rank, self.world_size = _setup_distributed(self.device)
+        self.rank, self.world_size = init_from_env(self.device)
         self.is_main = self.rank == 0
         self.run_dir = RunDirectory(Path(out), is_main=self.is_main)
         try:
@@ -83,6 +70,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.init = init
         self._stop_requested = False
+        self._signalled = False
         self._stop_at: int | None = None
 
         torch.manual_seed(config.train.seed)
@@ -94,13 +82,9 @@ class Trainer:
         if init:
             warm_start(self.method, init)
         self.method.to(self.device)
-        self.model: torch.nn.Module = self.method
-        if self.world_size > 1:
-            self.model = torch.nn.parallel.DistributedDataParallel(
-                self.method,
-                device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                broadcast_buffers=False,
-            )
+        if config.train.compile:
+            compile_backbones(self.method)
+        self.model = wrap_ddp(self.method, self.device)  # the method itself with 1 process
         self.groups = self.method.param_groups(config.optim.weight_decay)
         self.optimizer = torch.optim.AdamW(self.groups, lr=0.0, betas=config.optim.betas)
         self.last_layer_params = [
@@ -139,7 +123,8 @@ class Trainer:
 
     # -- state ---------------------------------------------------------------------------
     def _state(self) -> dict[str, Any]:
-        return training_state(
+        rank_local = gather_buffers(self.method, self.method.rank_local_buffers())  # collective
+        state = training_state(
             step=self.step,
             method=self.method,
             optimizer=self.optimizer,
@@ -148,19 +133,27 @@ class Trainer:
             backbone_state=self.method.teacher_backbone().state_dict(),
             version=__version__,
         )
+        state["rank_local"] = rank_local
+        return state
 
     def save(self) -> None:
+        """Write ``last.pt`` (and a kept copy) on rank 0; every process must call it."""
+        state = self._state()
         if self.is_main:
-            save_atomic(self._state(), self.run_dir.last_checkpoint)
+            save_atomic(state, self.run_dir.last_checkpoint)
             keep = self.config.train.keep_every
             if keep and self.step % keep == 0:
-                save_atomic(self._state(), self.run_dir.step_checkpoint(self.step))
+                save_atomic(state, self.run_dir.step_checkpoint(self.step))
 
     def _resume(self) -> None:
         path = self.run_dir.last_checkpoint
         state = load_training_state(path)
         self.run_dir.check_same_config(self._saved_config(state["config"]), self.config.to_dict())
         self.method.load_state_dict(state["model"])
+        try:
+            scatter_buffers(self.method, state.get("rank_local") or {})
+        except ValueError as err:
+            raise ConfigError(f"{path}: {err}") from err
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -195,6 +188,9 @@ class Trainer:
 
     def _train_step(self, batch: dict[str, Any], info: StepInfo) -> dict[str, torch.Tensor]:
         schedules = self._set_schedules()
+        # The global RNG (drop-path, anything not keyed by sample) restarts from
+        # (seed, step, rank) every step: exact on resume, different on every process.
+        torch.manual_seed(step_seed(self.config.train.seed, self.step, self.rank))
         with autocast(self.device, self.autocast_dtype):
             out = self.model(batch, info)
         loss = out["loss"]
@@ -246,7 +242,7 @@ class Trainer:
         raise nonfinite_gradient_error(step, named, out, self.run_dir.last_checkpoint)
 
     def _request_stop(self, signum: int, frame: Any) -> None:
-        self._stop_requested = True
+        self._signalled = True
 
     def fit(self, stop_at: int | None = None) -> Path:
         """Train to ``total_steps`` (resuming if the run directory has a checkpoint).
@@ -259,11 +255,10 @@ class Trainer:
         if self.run_dir.last_checkpoint.is_file():
             self._resume()
         previous = signal.getsignal(signal.SIGINT)
-        if self.is_main:
-            try:
-                signal.signal(signal.SIGINT, self._request_stop)
-            except ValueError:  # not in the main thread
-                previous = None
+        try:  # every process: torchrun forwards Ctrl-C to all of them
+            signal.signal(signal.SIGINT, self._request_stop)
+        except ValueError:  # not in the main thread
+            previous = None
         try:
             self._loop()
         finally:
@@ -298,7 +293,7 @@ class Trainer:
             for batch in loader:
                 wait += time.perf_counter() - fetch_start
                 info = StepInfo(self.step, self.total_steps, self.steps_per_epoch)
-                logged = self._train_step(_to_device(batch, self.device), info)
+                logged = self._train_step(batch_to_device(batch, self.device), info)
                 for key, value in logged.items():
                     sums[key] = sums.get(key, 0.0) + value
                 count += 1
@@ -307,6 +302,16 @@ class Trainer:
                 done = self.step >= self.total_steps
                 if self._stop_at is not None and self.step >= self._stop_at:
                     self._stop_requested = True
+                minutes = (time.monotonic() - last_save) / 60
+                timed_save = minutes >= cfg.train.checkpoint_minutes
+                if self.world_size == 1:
+                    self._stop_requested |= self._signalled
+                elif self.step % cfg.train.log_every == 0:
+                    # Signals and clocks are per process: decide together at log steps.
+                    stop, timed_save = agree_any([self._signalled, timed_save], self.device)
+                    self._stop_requested |= stop
+                else:
+                    timed_save = False
                 if self.step % cfg.train.log_every == 0 or done or self._stop_requested:
                     elapsed = time.perf_counter() - interval_start
                     record = self._log(sums, count, elapsed, wait, epoch)
@@ -314,12 +319,11 @@ class Trainer:
                         loss=f"{record['loss']:.4f}", img_s=f"{record['img_s']:.1f}"
                     )
                     sums, count, wait, interval_start = {}, 0, 0.0, time.perf_counter()
-                minutes = (time.monotonic() - last_save) / 60
                 if (
                     done
                     or self._stop_requested
                     or self.step % cfg.train.checkpoint_every == 0
-                    or minutes >= cfg.train.checkpoint_minutes
+                    or timed_save
                     or (cfg.train.keep_every and self.step % cfg.train.keep_every == 0)
                 ):
                     self._check_finite(sums)
@@ -346,7 +350,10 @@ class Trainer:
         self, sums: dict[str, torch.Tensor], count: int, elapsed: float, wait: float, epoch: int
     ) -> dict[str, float]:
         keys = sorted(sums)
-        values = torch.stack([sums[k].float().cpu() for k in keys]).div(count).tolist()
+        stacked = torch.stack([sums[k].float().to(self.device) for k in keys]).div(count)
+        if self.world_size > 1:  # the mean over processes (one collective per log line)
+            all_reduce_mean(stacked)
+        values = stacked.cpu().tolist()
         record: dict[str, Any] = {
             "step": self.step,
             "epoch": round(self.step / self.steps_per_epoch, 4),

@@ -268,8 +268,13 @@ class MultiCropDataset(torch.utils.data.Dataset):
         """``key`` is an index (uses :attr:`epoch`) or an ``(epoch, index)`` pair."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         sample = self.base[index]
-        out = self.views(sample["image"], sample_generator(self.seed, epoch, index))
+        generator = sample_generator(self.seed, epoch, index)
+        out = self.views(sample["image"], generator)
         out["index"] = index
+        # Drawn after the crops (they are unchanged by it): the sample's key for methods that
+        # need more randomness per image (densessl.keyed_random), so that it too depends only
+        # on (seed, epoch, index) and not on process rank or batch composition.
+        out["key"] = int(torch.randint(2**62, (), generator=generator))
         return out
 
 
@@ -277,16 +282,33 @@ def collate_views(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Batch multi-crop samples.
 
     Returns ``crops`` (list over views of ``[B, 3, s, s]``), ``boxes`` ``[B, n, 4]``,
-    ``flips`` ``[B, n]``, ``image_size`` ``[B, 2]`` and ``index`` ``[B]``.
+    ``flips`` ``[B, n]``, ``image_size`` ``[B, 2]``, ``index`` ``[B]`` and, when the samples
+    carry one, ``key`` ``[B]`` int64 (see :mod:`densessl.keyed_random`).
     """
     num_views = len(samples[0]["crops"])
-    return {
+    batch: dict[str, Any] = {
         "crops": [torch.stack([s["crops"][v] for s in samples]) for v in range(num_views)],
         "boxes": torch.stack([s["boxes"] for s in samples]),
         "flips": torch.stack([s["flips"] for s in samples]),
         "image_size": torch.stack([s["image_size"] for s in samples]),
         "index": torch.tensor([int(s["index"]) for s in samples], dtype=torch.long),
     }
+    if all("key" in s for s in samples):
+        batch["key"] = torch.tensor([int(s["key"]) for s in samples], dtype=torch.long)
+    return batch
+
+
+def batch_to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """Move every tensor of a collated batch (lists included) to ``device``, non-blocking."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, Tensor):
+            return value.to(device, non_blocking=True)
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return {key: move(value) for key, value in batch.items()}
 
 
 def group_by_resolution(crops: Sequence[Tensor]) -> list[tuple[list[int], Tensor]]:

@@ -74,6 +74,14 @@ class Method(nn.Module, abc.ABC):
         """Per-parameter learning-rate multiplier (e.g. Leopart's heads get 10x)."""
         return 1.0
 
+    def rank_local_buffers(self) -> list[str]:
+        """Names of buffers that differ between processes by design (Leopart's queue shards).
+
+        The trainer gathers them from every process into the checkpoint and gives each
+        process its own part back on resume; every other buffer is the same everywhere.
+        """
+        return []
+
     def after_step(self, batch: dict[str, Any], info: StepInfo) -> None:
         """Called after the optimiser step and the EMA (queues, bookkeeping)."""
 

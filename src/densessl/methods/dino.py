@@ -182,7 +182,7 @@ class DINO(Method):
             patch_std = patches.std(dim=(0, 1)).mean()
         return {
             "loss": loss,
-            "teacher_temp": torch.tensor(temperature, device=loss.device),
+            "teacher_temp": torch.tensor(temperature),  # CPU: a device copy would sync
             "patch_std": patch_std,
             **diagnostics,
         }

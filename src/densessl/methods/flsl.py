@@ -41,9 +41,10 @@ Choices where paper, official code and this library differ:
   every width (for ViT-B set ``sa_scale=0.1414 ca_scale=0.2828`` to reproduce them).
 * Token sampling: the official default takes each window's top-left token
   (``random_sampling=false``); the paper calls it random pooling (``true``). The official
-  data workers draw corners and offsets per image; here the method draws them per step from
-  the global torch RNG (checkpointed, so resumes are exact; every process draws the same
-  pattern for its own images).
+  data workers draw corners and offsets per image; here they are a function of each
+  sample's ``batch["key"]`` (:mod:`densessl.keyed_random`, seeded by seed, epoch and image
+  index), so resumes are exact and 2 processes x B/2 draw what 1 process x B draws. Batches
+  without keys (hand-made ones) fall back to the global torch RNG.
 * Crops: the official code re-crops the resized teacher image (two bicubic resamplings; the
   aspect-ratio range applies in the teacher's resized frame); here each crop is resampled
   once from the original image and the ratio range applies in image pixels.
@@ -286,6 +287,7 @@ class FLSL(Method):
             _, teacher_tokens = self.teacher.backbone.tokens(crops[0])
             teacher_tokens = teacher_tokens.flatten(1, 2)  # [B, N_t, D]
         batch_size = teacher_tokens.shape[0]
+        keys: Tensor | None = batch.get("key")  # per-sample randomness (densessl.keyed_random)
         samples, modes, positives = [], [], []
         for indices, stacked in group_by_resolution(crops[1:]):
             _, patches = self.student.backbone.tokens(stacked)
@@ -293,7 +295,14 @@ class FLSL(Method):
             for view, tokens in zip(indices, patches.flatten(1, 2).split(batch_size), strict=True):
                 global_view = view + 1 < num_global
                 window = self.params.window_global if global_view else self.params.window_local
-                index = window_sample_indices(grid, window, batch_size, self.params.random_sampling)
+                index = window_sample_indices(
+                    grid,
+                    window,
+                    batch_size,
+                    self.params.random_sampling,
+                    keys=None if keys is None else keys.to(tokens.device, non_blocking=True),
+                    salt=view,
+                )
                 x = _gather_tokens(tokens, index.to(tokens.device, non_blocking=True))
                 samples.append(x)
                 modes.append(nonparametric_attention(x, tokens, sched["sa_scale"]))
@@ -316,11 +325,11 @@ class FLSL(Method):
         )
         diagnostics = self._diagnostics(x, teacher_logits, teacher_tokens, sched["teacher_temp"])
         self.flsl_loss.update_center(teacher_logits)
-        device = terms["loss"].device
         return {
             **terms,
             **diagnostics,
-            **{name: torch.tensor(value, device=device) for name, value in sched.items()},
+            # Host-side schedule values stay CPU tensors (a device copy would sync per step).
+            **{name: torch.tensor(value) for name, value in sched.items()},
         }
 
     @torch.no_grad()

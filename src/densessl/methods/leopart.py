@@ -47,6 +47,9 @@ paper describes and what DINO does):
 
 Other choices (spec §3.7): the queue takes the tokens inside the loss mask (background ones
 with ``loss_mask=bg``, like the code) and holds ``queue_length // processes`` rows per process;
+with sample keys in the batch (the trainer's batches) each image pushes its own
+``queue_rows_per_image`` random eligible tokens, keyed by the sample (the official code picks
+``10 x B`` tokens anywhere in the batch), so 2 processes x B/2 push what 1 process x B does;
 the foreground-cell test uses a 1e-4 tolerance against float rounding, and non-intersecting
 crop pairs are skipped (see :mod:`densessl.leopart_loss`); the teacher runs under ``no_grad``
 (the official teacher builds a graph that is never used). The queue lives in buffers, so a
@@ -276,6 +279,12 @@ class Leopart(Method):
     def ema_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
         return [(self.student, self.teacher)]
 
+    def rank_local_buffers(self) -> list[str]:
+        """Each process queues its own images' embeddings (``queue_length // processes``)."""
+        if self.queue is None:
+            return []
+        return [f"queue.{name}" for name, _ in self.queue.named_buffers()]
+
     def lr_scale(self, parameter_name: str) -> float:
         """Projection head and prototypes train at ``head_lr_scale`` x the backbone's lr."""
         return self.params.head_lr_scale if parameter_name.startswith("student.head.") else 1.0
@@ -308,8 +317,9 @@ class Leopart(Method):
                 crops[:num_targets], attention=p.loss_mask != "all"
             )
             masks = self._loss_masks(teacher)
+            keys: Tensor | None = batch.get("key")  # per-sample queue picks (keyed_random)
             targets = [
-                self._targets(t, teacher, None if masks is None else masks[t])
+                self._targets(t, teacher, None if masks is None else masks[t], keys)
                 for t in range(num_targets)
             ]
         student = self.student.forward_views(crops)
@@ -341,7 +351,9 @@ class Leopart(Method):
             masks.append(~fg if p.loss_mask == "bg" else fg)
         return masks
 
-    def _targets(self, target: int, teacher: ViewOutputs, mask: Tensor | None) -> Tensor:
+    def _targets(
+        self, target: int, teacher: ViewOutputs, mask: Tensor | None, keys: Tensor | None = None
+    ) -> Tensor:
         """Sinkhorn targets ``[B, K, h, w]`` of target view ``target``; updates its queue."""
         p = self.params
         scores = teacher.scores[target]
@@ -356,7 +368,9 @@ class Leopart(Method):
             flat = torch.cat([queued, flat])
             embeddings = teacher.embeddings[target].reshape(-1, p.projection_dim)
             keep = None if mask is None else mask.reshape(-1)
-            self.queue.push(target, embeddings, keep, max_rows=p.queue_rows_per_image * batch)
+            self.queue.push(
+                target, embeddings, keep, max_rows=p.queue_rows_per_image * batch, sample_keys=keys
+            )
         q = sinkhorn_knopp(flat, p.epsilon, p.sinkhorn_iterations, weights)
         q = q[-batch * height * width :]
         return q.reshape(batch, height, width, num_prototypes).permute(0, 3, 1, 2)

@@ -318,7 +318,7 @@ class SelfPatch(Method):
         self.selfpatch_loss.update_centers(teacher.image, teacher.patch)
         return {
             **terms,
-            "teacher_temp": torch.tensor(temperature, device=terms["loss"].device),
+            "teacher_temp": torch.tensor(temperature),  # CPU: a device copy would sync
             **diagnostics,
         }
 
