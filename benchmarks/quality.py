@@ -48,7 +48,7 @@ METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
 class Budget:
     """What every row shares. ``pretrain_overrides`` apply to every method's tiny preset."""
 
-    steps: int = 2000
+    steps: int = 1200
     batch_size: int = 32
     pretrain_scenes: int = 2000
     scenes_size: int = 96
