@@ -102,13 +102,70 @@ QUICK = Budget(
 )
 
 
-def code_version() -> str:
-    """Hash of the densessl sources (every ``.py`` under the package) and its version."""
+PRESENTATION_ONLY = ("__main__.py", "cli.py", "demo.py", "export.py", "viz.py", "viz_draw.py")
+
+
+def _module_file(root: Path, module: str) -> Path | None:
+    parts = module.split(".")[1:]
+    for candidate in (
+        root.joinpath(*parts).with_suffix(".py"),
+        root.joinpath(*parts, "__init__.py"),
+    ):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imported_files(root: Path, start: set[Path]) -> set[Path]:
+    """``start`` and every densessl module they import, transitively (read with ``ast``)."""
+    import ast
+
+    seen: set[Path] = set()
+    todo = list(start)
+    while todo:
+        path = todo.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            for name in names:
+                found = _module_file(root, name) if name.startswith("densessl") else None
+                if found is not None:
+                    todo.append(found)
+    return seen
+
+
+def code_version(row: str) -> str:
+    """Hash of the densessl sources that can change ``row``'s numbers, and the version.
+
+    Every module counts except presentation-only ones (CLI, demo, pictures, export) and the
+    files of methods (``<method>.py`` / ``<method>_*.py``) that neither the row's own method
+    nor a shared module imports: adding or editing one method does not invalidate the cells
+    of the others, while SelfPatch's cells still depend on the DINO loss it uses.
+    """
     import densessl
+    from densessl.methods import list_methods
 
     root = Path(densessl.__file__).resolve().parent
+    methods = list(list_methods())
+    specific = {
+        path
+        for path in root.rglob("*.py")
+        if any(path.stem == m or path.stem.startswith(f"{m}_") for m in methods)
+    }
+    shared = {
+        p for p in root.rglob("*.py") if p not in specific and p.name not in PRESENTATION_ONLY
+    }
+    if row in methods:
+        shared.add(root / "methods" / f"{row}.py")
+    files = _imported_files(root, shared)
     digest = hashlib.sha256(densessl.__version__.encode())
-    for path in sorted(root.rglob("*.py")):
+    for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
@@ -146,6 +203,7 @@ def run_cell(row: str, seed: int, budget: Budget, cache: Path, version: str) -> 
         "seed": seed,
         "cell": folder.name,
         "code_version": version,
+        "git_commit": _git_commit(),
         "training": trained["training"],
         "results": evaluation["results"],
         "summary": evaluation["summary"],
@@ -160,6 +218,18 @@ def run_cell(row: str, seed: int, budget: Budget, cache: Path, version: str) -> 
     tmp.replace(done)
     record["cached"] = False
     return record
+
+
+def _git_commit() -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout.strip() or None
 
 
 def plan(rows: list[str], seeds: tuple[int, ...]) -> list[tuple[str, int]]:
@@ -194,7 +264,6 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(rows) - set(every))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {every}")
-    version = code_version()
     start = time.perf_counter()
     records = []
     for row, seed in plan(rows, budget.seeds):
@@ -205,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopping after {minutes:.0f} min (--max-minutes); run again to continue")
             break
         print(f"[{time.strftime('%H:%M:%S')}] cell {row} seed {seed} ...", flush=True)
-        record = run_cell(row, seed, budget, cache, version)
+        record = run_cell(row, seed, budget, cache, code_version(row))
         state = "cached" if record["cached"] else f"{record['seconds_this_invocation']:.0f} s"
         shown = ", ".join(f"{k} {v:.1f}" for k, v in record["results"].items())
         print(f"    {state}: {shown}", flush=True)
@@ -214,8 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     expected = {}
     for row, seed in plan(every, budget.seeds):
         spec = train_row(row, seed, budget, dry=True)["spec"]
-        expected[(row, seed)] = cell_folder(cache, row, seed, spec, version)
-    paths = write_report(args.out, expected, every, budget, version, command, quick=args.quick)
+        expected[(row, seed)] = cell_folder(cache, row, seed, spec, code_version(row))
+    paths = write_report(args.out, expected, every, budget, command, quick=args.quick)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -151,7 +151,6 @@ def write_report(
     expected: dict[tuple[str, int], Path],
     rows: list[str],
     budget: Any,
-    version: str,
     command: str,
     quick: bool,
 ) -> list[Path]:
@@ -171,7 +170,7 @@ def write_report(
         "# Quality benchmark: dense SSL methods at equal compute on synthetic scenes",
         "",
         "Quick smoke mode: the numbers below are NOT quality results." if quick else "",
-        f"Command: `{command}` (resumable; finished cells are reused). Code version {version}.",
+        f"Command: `{command}` (resumable; finished cells are reused).",
         "",
         table,
         "",
@@ -191,7 +190,6 @@ def write_report(
     md_path.write_text("\n".join(md) + "\n")
     record = {
         "command": command,
-        "code_version": version,
         "budget": describe_budget(budget),
         "hardware": hardware,
         "rows": stats,

@@ -63,3 +63,21 @@ def test_unknown_rows_are_refused(tmp_path):
         env=env,
     )
     assert done.returncode == 2 and "unknown rows ['nope']" in done.stderr
+
+
+def test_code_version_follows_imports(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import quality
+
+    root = tmp_path / "densessl"
+    (root / "methods").mkdir(parents=True)
+    (root / "shared.py").write_text("from densessl.dino_loss import x\n")
+    (root / "dino_loss.py").write_text("import densessl.helper\n")
+    (root / "helper.py").write_text("")
+    (root / "leopart_loss.py").write_text("")
+    (root / "methods" / "leopart.py").write_text("from densessl import leopart_loss\n")
+    found = quality._imported_files(root, {root / "shared.py"})
+    assert {p.name for p in found} == {"shared.py", "dino_loss.py", "helper.py"}
+    found = quality._imported_files(root, {root / "methods" / "leopart.py"})
+    assert {p.name for p in found} == {"leopart.py", "leopart_loss.py"}
+    assert quality.code_version("dino") != quality.code_version("leopart")

@@ -146,8 +146,19 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def _load_builtin_methods() -> None:
-    # Imported here (not at module import) so `import densessl` has no side effects.
-    from densessl.methods import dino, flsl, leopart, selfpatch  # noqa: F401
+    """Import every module of ``densessl.methods`` (each registers its method).
+
+    Called on first use, not at import, so ``import densessl`` has no side effects; adding a
+    method is adding its module, nothing else changes.
+    """
+    import importlib
+    import pkgutil
+
+    import densessl.methods as package
+
+    for module in pkgutil.iter_modules(package.__path__):
+        if module.name != "base" and not module.name.startswith("_"):
+            importlib.import_module(f"densessl.methods.{module.name}")
 
 
 def get_method(name: str) -> type[Method]:
