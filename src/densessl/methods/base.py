@@ -139,7 +139,7 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 def _load_builtin_methods() -> None:
     # Imported here (not at module import) so `import densessl` has no side effects.
-    from densessl.methods import dino, flsl, leopart, selfpatch  # noqa: F401
+    from densessl.methods import dino, flsl, leopart, loca, selfpatch  # noqa: F401
 
 
 def get_method(name: str) -> type[Method]:
