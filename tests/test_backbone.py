@@ -422,9 +422,28 @@ def test_timm_spec_recreates_the_model(config):
         ({"arch": "vit_huge"}, "unknown arch 'vit_huge'"),
         ({"img_size": 100}, "img_size 100 is not a multiple of patch_size 16"),
         ({"embed_dim": 100, "num_heads": 3}, "embed_dim 100 is not divisible by num_heads 3"),
-        ({"pos_interp": "bilinear"}, "pos_interp must be one of"),
+        ({"pos_interp": "bicubic"}, "pos_interp must be one of"),
     ],
 )
 def test_config_validation(overrides, match):
     with pytest.raises(ValueError, match=match):
         BackboneConfig(**overrides)
+
+
+def test_encode_subset_matches_tokens():
+    """``encode`` (LOCA): all tokens equal ``tokens``; subsets shared or per image; no PE."""
+    backbone = build_backbone(BackboneConfig(arch="vit_tiny", patch_size=8, img_size=32, depth=1,
+                                             cls_token=False, pos_interp="bilinear"))  # fmt: skip
+    x = torch.randn(2, 3, 32, 32)
+    full = backbone.tokens(x)[1].flatten(1, 2)
+    torch.testing.assert_close(backbone.encode(x), full)
+    keep = torch.tensor([[0, 5, 2], [15, 1, 3]])
+    alone = backbone.encode(x, keep)
+    assert alone.shape == (2, 3, 192)
+    # per-image subsets: image 0 keeps the same tokens as the shared subset below
+    shared = backbone.encode(x, torch.tensor([0, 5, 2]))
+    torch.testing.assert_close(shared[0], alone[0])
+    no_pe = backbone.encode(x, pos_embed=False)
+    assert not torch.allclose(no_pe, full)
+    with pytest.raises(ValueError, match="CLS"):
+        build_backbone(BackboneConfig(arch="vit_tiny", depth=1)).encode(torch.randn(1, 3, 32, 32))

@@ -185,3 +185,12 @@ def test_sample_generator_depends_on_all_inputs():
 
     assert draw(0, 0, 0) == draw(0, 0, 0)
     assert len({draw(0, 0, 0), draw(1, 0, 0), draw(0, 1, 0), draw(0, 0, 1)}) == 4
+
+
+def test_first_crop_flip_can_be_disabled():
+    """LOCA's reference view is never flipped (``flip_first=False``); the others still are."""
+    cfg = ViewsConfig(num_global=2, global_size=16, num_local=1, local_size=8, flip_prob=1.0,
+                      flip_first=False)  # fmt: skip
+    out = MultiCropViews(cfg)(torch.zeros(3, 40, 40, dtype=torch.uint8), torch.Generator())
+    assert out["flips"].tolist() == [False, True, True]
+    assert ViewsConfig().flip_first  # the other methods keep flipping their first crop

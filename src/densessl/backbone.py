@@ -69,7 +69,7 @@ ARCHS: dict[str, tuple[int, int, int]] = {
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
 }
-POS_INTERP = ("timm", "dino")
+POS_INTERP = ("timm", "dino", "bilinear")
 
 
 @dataclass
@@ -87,8 +87,9 @@ class BackboneConfig:
         final_norm: apply the final LayerNorm in :meth:`ViTBackbone.tokens` (SelfPatch keeps
             it in its head: ``False``).
         drop_path_rate: stochastic depth, linear from 0 to this over the blocks.
-        pos_interp: ``"timm"`` (timm's antialiased bicubic resampling) or ``"dino"``
-            (the official DINO formula; bit-compatible with its features at any size).
+        pos_interp: ``"timm"`` (timm's antialiased bicubic resampling), ``"dino"``
+            (the official DINO formula; bit-compatible with its features at any size) or
+            ``"bilinear"`` (antialiased bilinear, ``jax.image.resize``: the official LOCA).
         grad_checkpointing: recompute each block's activations in the backward pass instead
             of keeping them (activation checkpointing): ~1/3 more compute for a much smaller
             activation memory; for ViT-B/L or large batches. Training-time only, the weights
@@ -272,6 +273,47 @@ class ViTBackbone(nn.Module):
         """
         x, grid = self._embed(x)
         return self._split(self._blocks(x, self.model.blocks), grid)
+
+    def encode(self, x: Tensor, keep: Tensor | None = None, pos_embed: bool = True) -> Tensor:
+        """Final tokens of a subset of patches, dropped right after patch + position embedding.
+
+        Backbones without a CLS token only (LOCA's query and reference encoders).
+
+        Args:
+            x: ``[B, C, H, W]`` images.
+            keep: row-major indices of the patches to encode, ``[n]`` (the same for every
+                image) or ``[B, n]``; None keeps all ``h*w``.
+            pos_embed: add the (resampled) position embedding; False encodes the patches
+                without any position information (LOCA's queries without PE).
+
+        Returns:
+            ``[B, n, D]`` tokens in the order of ``keep``, after the final LayerNorm when
+            ``final_norm``. With ``keep=None`` and ``pos_embed=True`` equal to
+            ``tokens(x)[1].flatten(1, 2)``.
+        """
+        if self.has_cls_token:
+            raise ValueError("encode() is for backbones without a CLS token (cls_token=False)")
+        if x.ndim != 4:
+            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
+        grid = self.grid_size(x.shape[-2], x.shape[-1])
+        m = self.model
+        weight = m.patch_embed.proj.weight
+        tokens = m.patch_embed(x.to(device=weight.device, dtype=weight.dtype))
+        tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])  # [B, h*w, D]
+        if pos_embed:
+            tokens = tokens + resample_pos_embed(
+                m.pos_embed, grid, m.patch_embed.grid_size, 0, self.config.pos_interp
+            )
+        tokens = m.pos_drop(tokens)
+        if keep is not None:
+            keep = keep.to(tokens.device)
+            if keep.dim() == 1:
+                tokens = tokens[:, keep]
+            else:
+                index = keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
+                tokens = torch.gather(tokens, 1, index)
+        tokens = m.norm_pre(m.patch_drop(tokens))
+        return m.norm(self._blocks(tokens, m.blocks))
 
     def last_attention(self, x: Tensor) -> Tensor:
         """Last block's CLS→patch softmax attention, ``[B, heads, (H/p)*(W/p)]`` (float32).

@@ -193,8 +193,10 @@ def resample_pos_embed(
         new_grid: target ``(h, w)``.
         old_grid: the grid ``pos_embed`` was trained for.
         num_prefix: leading entries kept as they are (1 for the CLS slot, else 0).
-        mode: ``"timm"`` (``timm.layers.resample_abs_pos_embed``) or ``"dino"`` (official DINO:
-            ``interpolate(scale_factor=((h + 0.1) / old_h, (w + 0.1) / old_w), mode="bicubic")``).
+        mode: ``"timm"`` (``timm.layers.resample_abs_pos_embed``), ``"dino"`` (official DINO:
+            ``interpolate(scale_factor=((h + 0.1) / old_h, (w + 0.1) / old_w), mode="bicubic")``)
+            or ``"bilinear"`` (antialiased bilinear to the target size, half-pixel centres:
+            ``jax.image.resize(..., "bilinear")``, as the official LOCA code).
 
     Returns:
         ``[1, num_prefix + h*w, D]``; ``pos_embed`` itself when the grids are equal.
@@ -211,6 +213,12 @@ def resample_pos_embed(
     prefix, patch = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     dim = patch.shape[-1]
     grid = patch.float().reshape(1, old_grid[0], old_grid[1], dim).permute(0, 3, 1, 2)
+    if mode == "bilinear":
+        grid = F.interpolate(
+            grid, size=tuple(new_grid), mode="bilinear", align_corners=False, antialias=True
+        )
+        patch = grid.permute(0, 2, 3, 1).reshape(1, -1, dim).to(pos_embed.dtype)
+        return torch.cat([prefix, patch], dim=1)
     # DINO adds 0.1 to avoid a floating-point off-by-one in the output size (dino issue #8);
     # the scale factor (not the size) then also sets the sampling positions.
     scale = ((new_grid[0] + 0.1) / old_grid[0], (new_grid[1] + 0.1) / old_grid[1])

@@ -38,6 +38,8 @@ class ViewsConfig:
             (0.05, 0.4); Leopart: 4 x 96 px, (0.05, 0.25)).
         ratio: aspect-ratio range of the random resized crop.
         flip_prob: horizontal flip probability (Leopart uses 0: no flips).
+        flip_first: False never flips the first crop (LOCA's reference view); the others
+            keep ``flip_prob``.
         min_overlap: Leopart's rejection sampling; every crop after the first must overlap
             each earlier global crop by more than ``min_overlap`` x image area (twice that
             for the second global crop). 0 disables it.
@@ -61,6 +63,7 @@ class ViewsConfig:
     local_scale: tuple[float, float] = (0.05, 0.4)
     ratio: tuple[float, float] = (3 / 4, 4 / 3)
     flip_prob: float = 0.5
+    flip_first: bool = True
     min_overlap: float = 0.0
     max_tries: int = 50
     nested: bool = False
@@ -224,7 +227,8 @@ class MultiCropViews:
             crop = TF.resized_crop(
                 image, y1, x1, y2 - y1, x2 - x1, [size, size], self._interpolation, antialias=True
             )
-            flip = cfg.flip_prob > 0 and float(torch.rand((), generator=generator)) < cfg.flip_prob
+            flip_prob = cfg.flip_prob if k > 0 or cfg.flip_first else 0.0
+            flip = flip_prob > 0 and float(torch.rand((), generator=generator)) < flip_prob
             if flip:
                 crop = TF.horizontal_flip(crop)
             kind = "global1" if k == 0 else "global2" if k < cfg.num_global else "local"
