@@ -10,11 +10,11 @@ For M query patches (all query views, rows in any order), N reference positions,
 prototypes and b reference images::
 
     y_m ∈ {−1, 0..N−1}     reference position of query patch m (−1: outside), w_m = [y_m ≥ 0]
-    L_pos = Σ_m w_m · CE(pos_logits_m, y_m) / (Σ_m w_m + 1e-8)
+    L_pos = Σ_m w_m · CE(pos_logits_m, y_m) / (c + 1e-8)      c = Σ_m w_m (see below)
     P     = sinkhorn(softmax(Z_ref / τ_sharp))        Z_ref [b·N, K] teacher cosines, no grad
     T_m   = P[image_m, y_m]                           target: assignment of the reference
                                                       patch at the query patch's position
-    L_ce  = Σ_m w_m · CE_soft(T_m, Z_m / τ_s) / (Σ_m w_m + 1e-8)
+    L_ce  = Σ_m w_m · CE_soft(T_m, Z_m / τ_s) / (c + 1e-8)
     p̄     = mean over all M rows (and processes) of softmax(Z_m / τ_s)
     L_me  = Σ_k p̄_k log p̄_k                           "me-max": −H(p̄), ≥ −log K
     L     = λ_pos · L_pos + λ_clu · (L_ce + λ_me · L_me)     official: all λ = 1
@@ -24,12 +24,18 @@ official one: starting from the sharpened softmax (rows sum to 1), each of 3 ite
 divides every prototype column by its sum over all rows of all processes, then every row by
 its sum. It differs from SwAV's :func:`densessl.sinkhorn.sinkhorn_knopp` (which starts from
 ``exp(Z/ε)`` normalised globally), so it is not shared. The me-max includes the rows
-outside the reference (w = 0), as the official code. The two cross-entropies are divided by
-this process's valid count, as the official code (per device), not by a global count.
+outside the reference (w = 0), as the official code.
 
 Distributed: the Sinkhorn column sums and p̄ are all-reduced inside (p̄ with an identity
 backward, so DDP's gradient averaging gives the exact gradient of the global me-max;
-:func:`densessl.flsl_loss.all_reduce_mean_autograd`).
+:func:`densessl.flsl_loss.all_reduce_mean_autograd`). The two cross-entropies divide by
+``c`` = the valid count of all processes / W (all-reduced, no gradient), so that DDP's
+average of the W gradients is the gradient of the global weighted mean (and the logged
+mean over processes is that mean). In one process ``c`` is this batch's valid count, the
+official value; with several, the official code divides by each device's own count,
+which weighs the valid patches of a device with fewer of them more and depends on how the
+batch is split. The logged ``position_accuracy``, ``target_entropy`` and ``targets_used``
+are all-reduced too.
 
 Differences from the official code that do not change the values: the −1 labels are clamped
 before the gather (JAX wraps them to the last position; the weight is 0 either way); sums
@@ -43,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from densessl.distributed import all_reduce_sum
+from densessl.distributed import all_reduce_max, all_reduce_sum, world_size
 from densessl.flsl_loss import all_reduce_mean_autograd
 
 __all__ = ["LOCALoss", "loca_sinkhorn"]
@@ -151,22 +157,27 @@ class LOCALoss(nn.Module):
         labels = labels.to(device)
         valid = labels >= 0
         weight = valid.float()
-        count = weight.sum()
         safe = labels.clamp_min(0)
+        with torch.no_grad():  # valid and correct rows of all processes (one all-reduce)
+            correct = (position_logits.argmax(dim=-1) == labels) & valid
+            count = weight.sum()
+            totals = all_reduce_sum(torch.stack([count, correct.float().sum()]))
+            # the mean valid count per process: this batch's count in one process
+            denominator = totals[0] / world_size()
         with torch.autocast(device_type=device.type, enabled=False):
             ce = F.cross_entropy(position_logits.float(), safe, reduction="none")
-            position_loss = (ce * weight).sum() / (count + 1e-8)
-            with torch.no_grad():
-                correct = (position_logits.argmax(dim=-1) == labels) & valid
-                out = {
-                    "position_accuracy": correct.float().sum() / count.clamp_min(1.0),
-                    "valid_fraction": count / max(rows, 1),
-                }
+            position_loss = (ce * weight).sum() / (denominator + 1e-8)
+            out = {
+                "position_accuracy": totals[1] / totals[0].clamp_min(1.0),
+                "valid_fraction": count / max(rows, 1),
+            }
             loss = self.position_weight * position_loss
             out["position_loss"] = position_loss.detach()
             if student_logits is not None:
                 assert teacher_logits is not None
-                terms = self._cluster(student_logits, teacher_logits, safe, weight, row_image)
+                terms = self._cluster(
+                    student_logits, teacher_logits, safe, weight, denominator, row_image
+                )
                 loss = loss + self.cluster_weight * terms.pop("cluster_loss_grad")
                 out.update(terms)
         return {"loss": loss, **out}
@@ -177,6 +188,7 @@ class LOCALoss(nn.Module):
         teacher_logits: Tensor,
         labels: Tensor,
         weight: Tensor,
+        denominator: Tensor,
         row_image: Tensor | None,
     ) -> dict[str, Tensor]:
         rows, num_prototypes = student_logits.shape
@@ -196,20 +208,23 @@ class LOCALoss(nn.Module):
             flat_index = row_image.to(labels.device) * self.num_positions + labels
             targets = assignment[flat_index]  # [M, K]
         log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        cluster_ce = (-(targets * log_probs).sum(dim=-1) * weight).sum() / (weight.sum() + 1e-8)
+        cluster_ce = (-(targets * log_probs).sum(dim=-1) * weight).sum() / (denominator + 1e-8)
         mean = all_reduce_mean_autograd(log_probs.exp().mean(dim=0))
         me_max = torch.special.xlogy(mean, mean).sum()
         total = cluster_ce + self.me_max_weight * me_max
         with torch.no_grad():
             target_entropy = -torch.special.xlogy(targets, targets).sum(dim=-1)
+            entropy_sum = all_reduce_sum((target_entropy * weight).sum())
+            valid_all = denominator * world_size()
             used = torch.zeros(num_prototypes, device=assignment.device)
             used.index_fill_(0, assignment.argmax(dim=-1), 1.0)
+            all_reduce_max(used)  # a prototype used by any process
         return {
             "cluster_loss_grad": total,
             "cluster_loss": total.detach(),
             "cluster_ce": cluster_ce.detach(),
             "me_max": me_max.detach(),
             "assignment_entropy": -me_max.detach(),
-            "target_entropy": (target_entropy * weight).sum() / weight.sum().clamp_min(1.0),
+            "target_entropy": entropy_sum / valid_all.clamp_min(1.0),
             "targets_used": used.sum(),
         }
