@@ -31,6 +31,8 @@ pixels; views flip horizontally). Two rules (``rule``):
 **Token masks** (:func:`kept_token_indices`): ``"consecutive"`` keeps ``n`` tokens in
 raster order from a random offset (the official reference mask), ``"unstructured"`` a random
 subset (the official query0 dropping, in random order), ``"first"`` the first ``n``.
+:func:`keyed_token_indices` draws the same distributions per image from each sample's key
+(:mod:`densessl.keyed_random`), so that they do not depend on the process holding it.
 """
 
 from __future__ import annotations
@@ -39,10 +41,17 @@ import torch
 from torch import Tensor
 
 from densessl.geometry import relative_position_labels
+from densessl.keyed_random import keyed_bits, keyed_randint
 
 Size = tuple[int, int]
 
-__all__ = ["LABEL_RULES", "SELECTIONS", "kept_token_indices", "loca_position_labels"]
+__all__ = [
+    "LABEL_RULES",
+    "SELECTIONS",
+    "kept_token_indices",
+    "keyed_token_indices",
+    "loca_position_labels",
+]
 
 LABEL_RULES = ("official", "centre")
 SELECTIONS = ("consecutive", "unstructured", "first")
@@ -184,3 +193,35 @@ def kept_token_indices(
         index = torch.rand(rows, num_tokens, generator=generator).argsort(dim=1)[:, :num_kept]
     index = index if batch is not None else index[0]
     return index.contiguous().to(device) if device is not None else index.contiguous()
+
+
+def keyed_token_indices(
+    num_tokens: int, num_kept: int, selection: str, keys: Tensor, salt: int
+) -> Tensor:
+    """Per-image :func:`kept_token_indices` drawn from sample keys instead of a generator.
+
+    Args:
+        num_tokens / num_kept / selection: as :func:`kept_token_indices`.
+        keys: ``[B]`` int64 sample keys (``batch["key"]``).
+        salt: separates independent masks of one image (reference, random query).
+
+    Returns:
+        long ``[B, num_kept]`` on ``keys.device``; row ``i`` is a function of
+        ``(keys[i], salt)`` only (:mod:`densessl.keyed_random`), so it does not depend on the
+        process or the other images of the batch. ``"consecutive"``: a uniform offset;
+        ``"unstructured"``: the ``num_kept`` tokens with the smallest 32-bit hashes (a
+        uniform subset in random order; ties, ~N²/2**33 per image, go to the lower index).
+    """
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
+    if not 1 <= num_kept <= num_tokens:
+        raise ValueError(f"num_kept must be in [1, {num_tokens}], got {num_kept}")
+    if keys.dim() != 1:
+        raise ValueError(f"keys must be [B], got {list(keys.shape)}")
+    span = torch.arange(num_kept, device=keys.device)
+    if selection == "first":
+        return span.expand(keys.shape[0], -1).contiguous()
+    if selection == "consecutive":
+        return keyed_randint(keys, salt, num_tokens - num_kept + 1, 1) + span
+    order = keyed_bits(keys, salt, num_tokens).argsort(dim=1, stable=True)
+    return order[:, :num_kept].contiguous()

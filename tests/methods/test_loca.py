@@ -29,7 +29,11 @@ from densessl.config import ConfigError, build_run_config
 from densessl.dino_checkpoint import resample_pos_embed
 from densessl.geometry import patch_centers, relative_position_labels
 from densessl.loca_loss import LOCALoss, loca_sinkhorn
-from densessl.loca_positions import kept_token_indices, loca_position_labels
+from densessl.loca_positions import (
+    kept_token_indices,
+    keyed_token_indices,
+    loca_position_labels,
+)
 from densessl.methods import get_method
 from densessl.methods.base import StepInfo
 from densessl.train import Trainer, read_metrics
@@ -235,6 +239,27 @@ def test_kept_token_indices():
     assert torch.equal(per_image - per_image[:, :1], torch.arange(12).expand(50, -1))
     with pytest.raises(ValueError, match="num_kept"):
         kept_token_indices(16, 17, "first")
+
+
+def test_keyed_token_indices_depend_only_on_each_key():
+    """Per-image masks (``loca.masks_per_image``) from sample keys: a batch split over
+    processes draws the rows the whole batch draws."""
+    keys = torch.randint(2**62, (40,), generator=torch.Generator().manual_seed(3))
+    for selection, kept in (("consecutive", 12), ("unstructured", 23), ("first", 5)):
+        whole = keyed_token_indices(64, kept, selection, keys, salt=7)
+        halves = [keyed_token_indices(64, kept, selection, k, salt=7) for k in keys.split(20)]
+        assert whole.shape == (40, kept) and torch.equal(torch.cat(halves), whole)
+        assert int(whole.min()) >= 0 and int(whole.max()) < 64
+    runs = keyed_token_indices(64, 12, "consecutive", keys, salt=7)
+    assert torch.equal(runs - runs[:, :1], torch.arange(12).expand(40, -1))
+    assert runs[:, 0].unique().numel() > 10 and int(runs[:, 0].max()) <= 52
+    subsets = keyed_token_indices(64, 23, "unstructured", keys, salt=7)
+    assert all(row.unique().numel() == 23 for row in subsets)
+    assert not torch.equal(subsets, subsets.sort(dim=1).values)  # random order
+    other = keyed_token_indices(64, 23, "unstructured", keys, salt=8)
+    assert not torch.equal(other, subsets)  # the salt separates reference and query masks
+    with pytest.raises(ValueError, match="num_kept"):
+        keyed_token_indices(16, 17, "first", keys, salt=0)
 
 
 # ----------------------------------------------------------------------- loss: official values
@@ -479,6 +504,29 @@ def test_position_only_variant_and_options(single_thread):
     paper = get_method("loca").Params()  # official counts: 39 of 196 visible, 70 of 196 kept
     assert paper.reference_kept(196) == 39 and paper.query_kept(196) == 70
     assert paper.reference_kept(64) == 12 and paper.query_kept(64) == 23
+
+
+def test_masks_do_not_depend_on_the_process(single_thread):
+    """The batch-level masks come from (train seed, step) only: two processes, whose global
+    RNGs the trainer reseeds per rank, draw the same; per-image masks follow the keys."""
+    torch.manual_seed(5)  # the trainer seeds the train seed before building the method
+    method, _ = _method()
+    assert method.seed == 5
+    draws = []
+    for rank in range(2):
+        torch.manual_seed(1000 + rank)  # the per-(seed, step, rank) global stream
+        gen = method.step_generator(INFO.step)
+        draws.append(
+            [method._keep(64, 32, "consecutive", 2, None, 0, gen).tolist() for _ in range(2)]
+        )
+    assert draws[0] == draws[1]
+    assert method.step_generator(1).initial_seed() != method.step_generator(0).initial_seed()
+    keys = torch.tensor([11, 12, 13, 14])
+    per_image, _ = _method("loca.masks_per_image=true")
+    gen = per_image.step_generator(0)
+    whole = per_image._keep(64, 23, "unstructured", 4, keys, 1, gen)
+    half = per_image._keep(64, 23, "unstructured", 2, keys[2:], 1, gen)
+    assert torch.equal(whole[2:], half)
 
 
 def test_config_requirements():

@@ -39,7 +39,8 @@ library differ (spec A8):
   random query 0.1 + solarize 0.2, focal 0.5: the ``views.photometric`` slots global1,
   global2, local); ``views.photometric.blur_prob=[0,0,0]`` reproduces the code.
 * **Shared masks** (G2): one reference offset and one query0 subset per step for the whole
-  batch, as the code (per device). ``loca.masks_per_image=true`` draws them per image.
+  batch, as the code (per device; here the same on every process, see Distributed below).
+  ``loca.masks_per_image=true`` draws them per image.
 * **Teacher noise** (G3): the official teacher runs in train mode with stochastic depth;
   ``loca.teacher_drop_path=true`` (default) builds the teacher with the student's
   ``backbone.drop_path_rate``, ``false`` gives a DINO-style teacher without it.
@@ -64,6 +65,21 @@ library differ (spec A8):
   hundreds of steps); the rest keeps timm's and DINO's inits.
 * **Wasted compute** (G10): the reference's own cross-attention and the teacher's position
   logits are not computed.
+
+Distributed (2 processes x B/2 train like 1 x B, ``tests/test_distributed_methods.py``):
+the official one-per-device reference mask and query0 subset are drawn once per step from
+a CPU generator seeded by (train seed, step) only (:meth:`LOCA.step_generator`; the train
+seed is the global seed when the method is built), so every process draws the batch's one
+mask; ``loca.masks_per_image`` draws each image's masks from its ``batch["key"]``
+(:func:`~densessl.loca_positions.keyed_token_indices`). The Sinkhorn column sums and the
+me-max mean p̄ (differentiable) are all-reduced, the cross-entropies divide by the valid
+count of all processes / W instead of the device's own count (the same in one process), and
+the logged accuracy, target statistics and token spreads are all-reduced
+(:mod:`densessl.loca_loss`). Stochastic depth (the student's and, with
+``loca.teacher_drop_path``, the teacher's) draws from the trainer's per-(seed, step, rank)
+stream, so runs with ``backbone.drop_path_rate > 0`` are not process-count-invariant (as
+for every method); the tiny preset has none. In one process the maths is the official
+code's; only the random masks drawn differ from earlier versions (another stream).
 """
 
 from __future__ import annotations
@@ -77,6 +93,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densessl.backbone import BackboneConfig, ViTBackbone, build_backbone
+from densessl.distributed import all_reduce_sum
 from densessl.heads import DINOHead
 from densessl.loca_decoder import PositionPredictor
 from densessl.loca_loss import LOCALoss
@@ -84,6 +101,7 @@ from densessl.loca_positions import (
     LABEL_RULES,
     SELECTIONS,
     kept_token_indices,
+    keyed_token_indices,
     loca_position_labels,
 )
 from densessl.methods.base import Method, StepInfo, register_method
@@ -91,6 +109,11 @@ from densessl.methods.dino import StudentTeacher
 from densessl.views import ViewsConfig
 
 __all__ = ["LOCA", "LOCAParams"]
+
+#: Salts of the per-image keyed masks (reference, random query) and of the step generator.
+_SALT_REFERENCE = 0x4C4F_4341
+_SALT_QUERY = 0x4C4F_4342
+_SALT_STEP = 0x4C4F_4343
 
 
 @dataclass
@@ -188,6 +211,18 @@ def _flat_heads(head: nn.Module, tokens: Tensor) -> Tensor:
     return head(tokens.reshape(-1, tokens.shape[-1]))
 
 
+def _spread(rows: list[Tensor]) -> list[Tensor]:
+    """Mean over channels of the per-channel std (unbiased) of each ``[n_i, D]`` row set,
+    taken over the rows of every process (two all-reduces for all sets together)."""
+    counts = torch.stack([rows[0].new_tensor(float(r.shape[0])) for r in rows])
+    sums = all_reduce_sum(torch.cat([torch.stack([r.sum(0) for r in rows]), counts[:, None]], 1))
+    means, counts = sums[:, :-1] / sums[:, -1:], sums[:, -1:]
+    squares = all_reduce_sum(
+        torch.stack([(r - m).pow(2).sum(0) for r, m in zip(rows, means, strict=True)])
+    )
+    return list((squares / (counts - 1).clamp_min(1.0)).sqrt().mean(dim=1).unbind())
+
+
 @register_method
 class LOCA(Method):
     """LOCA (see the module docstring)."""
@@ -229,6 +264,10 @@ class LOCA(Method):
         self.teacher = StudentTeacher(teacher_backbone, copy.deepcopy(head))
         for param in self.teacher.parameters():
             param.requires_grad_(False)
+        # The train seed: the trainer seeds the global RNG with it (the same on every
+        # process) right before building the method. Batch-level masks come from a
+        # generator seeded by (this, step), identical on every process (module docstring).
+        self.seed = torch.initial_seed()
         self.loca_loss = LOCALoss(
             self.num_positions,
             student_temp=params.student_temp,
@@ -280,6 +319,31 @@ class LOCA(Method):
         )  # fmt: skip
 
     # ------------------------------------------------------------------ the step
+    def step_generator(self, step: int) -> torch.Generator:
+        """CPU generator of the batch-level draws of ``step``: a function of the train seed
+        and the step only, so every process (and a resume) draws the same masks."""
+        mixed = ((self.seed * 1_000_003 + step) * 0x9E37_79B9_7F4A_7C15 + _SALT_STEP) % (2**63 - 1)
+        return torch.Generator().manual_seed(mixed)
+
+    def _keep(
+        self,
+        num_tokens: int,
+        num_kept: int,
+        selection: str,
+        batch: int,
+        keys: Tensor | None,
+        salt: int,
+        generator: torch.Generator,
+    ) -> Tensor:
+        """Kept token indices: one set for the batch (``[n]``, official) from ``generator``,
+        or per image (``[b, n]``, ``loca.masks_per_image``) from the sample keys (from
+        ``generator`` for hand-made batches without keys)."""
+        if not self.params.masks_per_image:
+            return kept_token_indices(num_tokens, num_kept, selection, generator=generator)
+        if keys is not None:
+            return keyed_token_indices(num_tokens, num_kept, selection, keys, salt)
+        return kept_token_indices(num_tokens, num_kept, selection, batch, generator=generator)
+
     def _reference(self, reference: Tensor, keep: Tensor) -> tuple[Tensor, Tensor | None]:
         """Visible reference tokens ``[b, n_r, D]`` and teacher cluster logits ``[b, N, K]``."""
         if not self.params.cluster_loss:  # v1: student, tokens dropped before the encoder
@@ -297,15 +361,20 @@ class LOCA(Method):
         grid = self.student.backbone.grid_size(*reference.shape[-2:])
         if grid != self.reference_grid:
             raise ValueError(f"reference crops give a {grid} grid, expected {self.reference_grid}")
-        per_image = b if p.masks_per_image else None
+        keys: Tensor | None = batch.get("key")  # per-image masks (densessl.keyed_random)
+        generator = self.step_generator(info.step)
         n_ref = self.num_positions
-        keep_r = kept_token_indices(n_ref, p.reference_kept(n_ref), p.reference_mask, per_image)
+        keep_r = self._keep(
+            n_ref, p.reference_kept(n_ref), p.reference_mask, b, keys, _SALT_REFERENCE, generator
+        )
         visible, teacher_logits = self._reference(reference, keep_r)
         use_pe = p.use_query_pos_embed
 
         q_rows, q_cols = self.student.backbone.grid_size(*query0.shape[-2:])
         n_q0 = q_rows * q_cols
-        keep_0 = kept_token_indices(n_q0, p.query_kept(n_q0), "unstructured", per_image)
+        keep_0 = self._keep(
+            n_q0, p.query_kept(n_q0), "unstructured", b, keys, _SALT_QUERY, generator
+        )
         tokens = [self.student.backbone.encode(query0, keep_0, pos_embed=use_pe)]
         labels = [_gather(self.labels(batch, 1).unsqueeze(-1), keep_0.to(reference.device))]
         logits = [self.predictor(tokens[0], visible)]
@@ -335,8 +404,9 @@ class LOCA(Method):
         every patch looks alike) and the chance level of the position task (1/N)."""
         queries = F.normalize(torch.cat([t.flatten(0, 1) for t in tokens]).float(), dim=-1)
         reference = F.normalize(visible.flatten(0, 1).float(), dim=-1)
+        patch_std, query_std = _spread([reference, queries])  # over every process's rows
         return {
-            "patch_std": reference.std(dim=0).mean(),
-            "query_std": queries.std(dim=0).mean(),
+            "patch_std": patch_std,
+            "query_std": query_std,
             "position_chance": torch.tensor(1.0 / self.num_positions, device=visible.device),
         }
