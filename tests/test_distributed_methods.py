@@ -62,6 +62,9 @@ SMALL: dict[str, list[str]] = {
         "leopart.loss_mask=fg",
     ],
     "flsl": ["flsl.out_dim=64", "flsl.hidden_dim=32", "flsl.bottleneck_dim=16"],
+    # The tiny preset's 512-wide head has near-dead hidden units whose ~1e-9 gradients AdamW
+    # blows up into ~1e-4 steps that differ with float noise; small heads as the others.
+    "loca": ["loca.out_dim=64", "loca.hidden_dim=32", "loca.bottleneck_dim=16"],
 }
 
 

@@ -20,6 +20,10 @@ Differences from the official Flax module (documented, not options): the GELU is
 LayerNorm ε = 1e-6 as Flax; attention and MLP kernels are xavier-uniform on the full
 ``[D, D]`` matrices (Flax applies it per head-shaped kernel), MLP biases N(0, 1e-6) and the
 position layer truncated-normal with std 1/√D (Flax's LeCun normal), attention biases 0.
+The key projection has no bias: Flax's starts at 0 and its gradient is exactly 0 (adding
+``q·b`` to every key logit of a query leaves the softmax unchanged), so it only ever moves
+by float noise, which AdamW's normalisation turns into lr-sized steps that differ between
+runs (e.g. 1 process x B and 2 x B/2); without it the outputs are the same.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ class CrossAttentionBlock(nn.Module):
         self.norm_q = nn.LayerNorm(dim, eps=1e-6)
         self.norm_kv = nn.LayerNorm(dim, eps=1e-6)
         self.q = nn.Linear(dim, dim)
-        self.k = nn.Linear(dim, dim)
+        self.k = nn.Linear(dim, dim, bias=False)  # no effect on the output (docstring)
         self.v = nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
         self.norm_mlp = nn.LayerNorm(dim, eps=1e-6)
@@ -60,7 +64,8 @@ class CrossAttentionBlock(nn.Module):
         self.fc2 = nn.Linear(mlp_dim, dim)
         for layer in (self.q, self.k, self.v, self.proj):
             nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
         for layer in (self.fc1, self.fc2):
             nn.init.xavier_uniform_(layer.weight)
             nn.init.normal_(layer.bias, std=1e-6)
