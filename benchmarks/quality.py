@@ -233,14 +233,12 @@ def _git_commit() -> str | None:
 
 
 def plan(rows: list[str], seeds: tuple[int, ...]) -> list[tuple[str, int]]:
-    """Seed-major order, so that a partial table has every row at the same seed count; the
-    one-hot rows are deterministic and run once."""
-    cells = []
+    """Seed-major order, so that a partial table has every row at the same seed count. The
+    one-hot rows are deterministic (no training): one cell each, nominally seed 0, whatever
+    the seeds."""
+    cells = [(row, 0) for row in rows if row.startswith("onehot")]
     for seed in seeds:
-        for row in rows:
-            if row.startswith("onehot") and seed != seeds[0]:
-                continue
-            cells.append((row, seed))
+        cells += [(row, seed) for row in rows if not row.startswith("onehot")]
     return cells
 
 
