@@ -30,6 +30,7 @@ LABELS = {
     "supervised": "supervised on the masks (ceiling)",
 }
 PICTURE = "quality_pca.png"
+FINDINGS = "findings.md"
 
 
 def load_cells(expected: dict[tuple[str, int], Path]) -> dict[tuple[str, int], dict[str, Any]]:
@@ -169,7 +170,7 @@ def write_report(
     md = [
         "# Quality benchmark: dense SSL methods at equal compute on synthetic scenes",
         "",
-        "Quick smoke mode: the numbers below are NOT quality results." if quick else "",
+        *(["Quick smoke mode: the numbers below are NOT quality results.", ""] if quick else []),
         f"Command: `{command}` (resumable; finished cells are reused).",
         "",
         table,
@@ -186,6 +187,10 @@ def write_report(
     ]
     if picture is not None:
         md += ["", f"![PCA of patch features, one held-out image]({PICTURE})", ""]
+    findings = out / FINDINGS
+    if findings.is_file():  # hand-written analysis kept next to the results
+        md += ["", "## Findings (written by hand: re-check them against the table)", ""]
+        md += [findings.read_text().strip(), ""]
     md_path = out / "quality.md"
     md_path.write_text("\n".join(md) + "\n")
     record = {

@@ -49,9 +49,11 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
     assert markdown.count("\n| ") == len(rows) + 1  # header + one line per row
     assert (out / "quality_pca.png").stat().st_size > 1000
 
+    (out / "findings.md").write_text("Hand-written analysis.\n")
     second = run("--quick", "--out", str(out))
     assert second.count("cached") == len(rows)  # nothing trained or evaluated again
     assert json.loads((out / "quality.json").read_text())["rows"] == record["rows"]
+    assert "Hand-written analysis." in (out / "quality.md").read_text()
 
 
 def test_unknown_rows_are_refused(tmp_path):
