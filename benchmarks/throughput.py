@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
 from densessl.config import build_run_config
@@ -119,19 +118,7 @@ def _timed(
 
 
 def _method_row(trainer: Trainer, warmup: int, steps: int) -> dict[str, Any]:
-    cfg = trainer.config
-    workers = cfg.data.num_workers
-    loader = DataLoader(
-        trainer.dataset,
-        batch_size=cfg.data.batch_size,
-        sampler=trainer.sampler,
-        num_workers=workers,
-        collate_fn=collate_views,
-        pin_memory=trainer.device.type == "cuda",
-        drop_last=True,
-        persistent_workers=workers > 0,
-    )
-    batches: Iterator[dict[str, Any]] = iter(loader)
+    batches: Iterator[dict[str, Any]] = iter(trainer.make_loader())
 
     def step() -> float:
         fetch = time.perf_counter()

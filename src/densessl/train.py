@@ -267,21 +267,24 @@ class Trainer:
             self.run_dir.close()
         return self.run_dir.root
 
-    def _loop(self) -> None:
-        cfg = self.config
-        loader_generator = torch.Generator().manual_seed(cfg.train.seed)
-        workers = cfg.data.num_workers
-        loader = DataLoader(
+    def make_loader(self) -> DataLoader:
+        """The training DataLoader: resumable sampler, pinned memory on CUDA, persistent workers."""
+        workers = self.config.data.num_workers
+        return DataLoader(
             self.dataset,
-            batch_size=cfg.data.batch_size,
+            batch_size=self.config.data.batch_size,
             sampler=self.sampler,
             num_workers=workers,
             collate_fn=collate_views,
             pin_memory=self.device.type == "cuda",
             drop_last=True,
             persistent_workers=workers > 0,
-            generator=loader_generator,
+            generator=torch.Generator().manual_seed(self.config.train.seed),
         )
+
+    def _loop(self) -> None:
+        cfg = self.config
+        loader = self.make_loader()
         progress = self.run_dir.progress(self.total_steps, self.step, cfg.train.progress)
         sums: dict[str, torch.Tensor] = {}
         count, wait, interval_start = 0, 0.0, time.perf_counter()
