@@ -52,6 +52,7 @@ class Budget:
     batch_size: int = 32
     pretrain_scenes: int = 2000
     scenes_size: int = 96
+    scenes_class_set: str = "distinct-cues"
     eval_scenes: int = 1000
     eval_seed: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -71,6 +72,7 @@ class Budget:
             "data.path=scenes",
             f"data.scenes_num_images={self.pretrain_scenes}",
             f"data.scenes_size={self.scenes_size}",
+            f"data.scenes_class_set={self.scenes_class_set}",
             "data.scenes_seed=0",
             f"data.num_workers={self.num_workers}",
             "backbone.arch=vit_tiny",

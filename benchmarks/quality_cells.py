@@ -56,6 +56,7 @@ def _eval_datasets(budget: Any) -> dict[str, Any]:
         "num_images": budget.eval_scenes,
         "size": budget.scenes_size,
         "seed": budget.eval_seed,
+        "class_set": budget.scenes_class_set,
     }
     return {
         "train": SyntheticScenes(split="train", **common),
@@ -71,7 +72,8 @@ def _method_config(row: str, seed: int, budget: Any) -> Any:
 
 
 def _eval_spec(budget: Any) -> dict[str, Any]:
-    keys = ("eval_scenes", "eval_seed", "scenes_size", "linear", "cluster", "retrieval")
+    keys = ("eval_scenes", "eval_seed", "scenes_size", "scenes_class_set")
+    keys += ("linear", "cluster", "retrieval")
     return {k: getattr(budget, k) for k in keys}
 
 
@@ -161,7 +163,11 @@ def _train_supervised(
     from densessl.supervised import train_supervised
 
     scenes = SyntheticScenes(
-        num_images=budget.pretrain_scenes, size=budget.scenes_size, seed=0, split="train"
+        num_images=budget.pretrain_scenes,
+        size=budget.scenes_size,
+        seed=0,
+        split="train",
+        class_set=budget.scenes_class_set,
     )
     config = _supervised_config(seed, budget, dino)
     backbone, history = train_supervised(dino.backbone, scenes, scenes.num_classes, config, folder)

@@ -211,7 +211,8 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
         [
             f"- Pretraining: {budget.steps} optimizer steps of batch {budget.batch_size} on "
             f"{budget.pretrain_scenes} generated scenes ({budget.scenes_size} px, scene seed 0, "
-            "train split); each method's `tiny` preset (its crops, heads, optimiser recipe) with "
+            f"train split, class set `{budget.scenes_class_set}`); each method's `tiny` preset "
+            "(its crops, heads, optimiser recipe) with "
             f"the shared ViT (vit_tiny, 128-d, {budget.depth} blocks, 4 heads, patch 8); seeds "
             f"{', '.join(map(str, budget.seeds))} (init, data order, augmentation).",
             "- Supervised: the same ViT + a 1x1 linear head, pixel cross-entropy on the masks of "

@@ -128,9 +128,15 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_scenes(args: argparse.Namespace) -> int:
-    from densessl.data.scenes import format_statistics, scene_statistics, write_scenes
+    from densessl.data.scenes import (
+        SceneConfig,
+        format_statistics,
+        scene_statistics,
+        write_scenes,
+    )
 
-    out = write_scenes(args.out, args.num_images, args.size, args.seed, progress=True)
+    config = SceneConfig(class_set=args.class_set)
+    out = write_scenes(args.out, args.num_images, args.size, args.seed, config=config)
     print(f"wrote {args.num_images} scenes ({args.size} px, seed {args.seed}) to {out}")
     print(format_statistics(scene_statistics(out)))
     return 0
@@ -376,6 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=1000)
     p.add_argument("--size", type=int, default=96, help="image side in pixels (64-512)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--class-set",
+        default="shared-cues",
+        choices=("shared-cues", "distinct-cues"),
+        help="thing classes: 'shared-cues' (default) or 'distinct-cues' (own shape + texture)",
+    )
     p.set_defaults(func=_cmd_scenes)
 
     p = sub.add_parser("demo", help="the end-to-end demo on synthetic scenes")

@@ -35,7 +35,9 @@ class DataConfig:
     Attributes:
         path: ``"scenes"`` (synthetic scenes generated on the fly), a folder of images
             (searched recursively), or a folder written by ``densessl scenes``.
-        scenes_num_images / scenes_size / scenes_seed: the on-the-fly scenes.
+        scenes_num_images / scenes_size / scenes_seed / scenes_class_set: the on-the-fly
+            scenes (``scenes_class_set``: ``"shared-cues"`` or ``"distinct-cues"``, see
+            :class:`densessl.data.scenes.SceneConfig`).
         batch_size: images per process and step (the global batch is this x processes).
         num_workers: data-loader worker processes (0 = load in the main process).
         on_corrupt: ``"skip"`` (count and warn) or ``"raise"`` for undecodable images.
@@ -46,6 +48,7 @@ class DataConfig:
     scenes_num_images: int = 2000
     scenes_size: int = 96
     scenes_seed: int = 0
+    scenes_class_set: str = "shared-cues"
     batch_size: int = 64
     num_workers: int = 2
     on_corrupt: str = "skip"

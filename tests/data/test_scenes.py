@@ -191,6 +191,31 @@ def test_fewer_classes_and_no_objects():
     assert set(np.unique(labels).tolist()) == {0}  # one region, no objects: no boundary
 
 
+def test_distinct_cue_class_set_shares_no_shape_or_texture():
+    cfg = SceneConfig(class_set="distinct-cues")
+    assert cfg.num_thing_classes == 6  # the default 8 is capped at the set's size
+    things = cfg.thing_classes
+    assert len({shape for shape, _ in things}) == len({tex for _, tex in things}) == 6
+    assert class_names(cfg)[S:] == [f"thing/{a}-{b}" for a, b in things]
+    labels = np.stack([render_scene(i, 0, cfg)[1] for i in range(60)])
+    assert set(np.unique(labels).tolist()) - {IGNORE_INDEX} == set(range(S + 6))
+    # The class set only changes the objects: stuff-only scenes are the same pictures.
+    bare = {"min_objects": 0, "max_objects": 0}
+    for i in range(3):
+        a = render_scene(i, 0, SceneConfig(class_set="distinct-cues", **bare))
+        b = render_scene(i, 0, SceneConfig(**bare))
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    two = SceneConfig(class_set="distinct-cues", num_thing_classes=2)
+    assert class_names(two)[S:] == ["thing/disc-stripes", "thing/square-dots"]
+    with pytest.raises(ValueError, match=r"SceneConfig\.class_set.*'distinct-cues'"):
+        SceneConfig(class_set="easy")
+    data = SyntheticScenes(num_images=4, size=64, class_set="distinct-cues")
+    assert data.num_classes == S + 6 and data.config.class_set == "distinct-cues"
+    img, lab = render_scene(1, 0, SceneConfig(size=64, class_set="distinct-cues"))
+    assert np.array_equal(data[1]["label"].numpy(), lab)
+    assert np.array_equal(data[1]["image"].permute(1, 2, 0).numpy(), img)
+
+
 def test_dataset_splits_items_and_errors():
     train = SyntheticScenes(num_images=10, size=64, seed=3, split="train")
     val = SyntheticScenes(num_images=10, size=64, seed=3, split="val")
@@ -298,3 +323,15 @@ def test_fast_enough():
     for i in range(60):
         render_scene(i, 1, cfg)
     assert 60 / (time.perf_counter() - start) > 60
+
+
+def test_cli_writes_the_distinct_cue_set(tmp_path: Path, capsys):
+    from densessl.cli import main
+
+    out = tmp_path / "d"
+    args = ["scenes", "--out", str(out), "--num-images", "4", "--size", "64"]
+    assert main([*args, "--class-set", "distinct-cues"]) == 0
+    meta = json.loads((out / "classes.json").read_text())
+    assert meta["class_set"] == meta["config"]["class_set"] == "distinct-cues"
+    assert meta["num_classes"] == S + 6 and "thing/ring-concentric" in meta["class_names"]
+    assert "wrote 4 scenes" in capsys.readouterr().out

@@ -30,6 +30,15 @@ def test_generated_scenes_and_plain_folders(tmp_path):
     assert len(images) == 3 and images[0]["image"].shape == (3, 40, 50)
 
 
+def test_scene_class_set_reaches_the_scenes_and_bad_values_are_named():
+    scenes = build_pretrain_images(
+        DataConfig(path="scenes", scenes_num_images=10, scenes_class_set="distinct-cues")
+    )
+    assert scenes.config.class_set == "distinct-cues" and scenes.num_classes == 9
+    with pytest.raises(ConfigError, match=r"data\.scenes_class_set='hard'"):
+        build_pretrain_images(DataConfig(path="scenes", scenes_class_set="hard"))
+
+
 def test_missing_and_file_paths_are_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_pretrain_images(DataConfig(path=str(tmp_path / "nope")))

@@ -80,6 +80,9 @@ def test_cli_eval_writes_json_into_the_run_and_prints_the_table(tiny_run, tmp_pa
     linear = [*argv[:1], "linear", *argv[2:], "--out", str(out), "epochs=2", "data.num_images=20"]
     assert main(linear) == 0
     assert json.loads(out.read_text())["settings"]["epochs"] == 2
+    distinct = [*argv, "seeds=[3]", "n_init=1", "iters=5", "data.num_images=20"]
+    assert main([*distinct, "data.class_set=distinct-cues", "--out", str(out)]) == 0
+    assert "K=9" in capsys.readouterr().out  # 3 stuff + 6 distinct-cue thing classes
 
 
 def test_cli_errors_exit_2_with_the_reason(tiny_run, tmp_path, capsys):

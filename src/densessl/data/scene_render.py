@@ -39,7 +39,25 @@ THING_CLASSES: tuple[tuple[str, str], ...] = (
     ("hexagon", "dots"),
     ("moon", "stripes"),
 )
-"""(shape, texture) of each thing class; a config with T thing classes uses the first T."""
+"""(shape, texture) of each thing class of the ``"shared-cues"`` class set, in id order; a
+config with T thing classes uses the first T. Classes share shapes and textures (three discs or
+squares, two of each texture), so telling them apart needs both cues."""
+
+DISTINCT_CUE_CLASSES: tuple[tuple[str, str], ...] = (
+    ("disc", "stripes"),
+    ("square", "dots"),
+    ("triangle", "checker"),
+    ("cross", "grid"),
+    ("hexagon", "zigzag"),
+    ("ring", "concentric"),
+)
+"""Thing classes of the ``"distinct-cues"`` class set: no shape or texture is shared, so a
+patch's texture alone names its class (easier at 8-px patches than ``THING_CLASSES``)."""
+
+CLASS_SETS: dict[str, tuple[tuple[str, str], ...]] = {
+    "shared-cues": THING_CLASSES,
+    "distinct-cues": DISTINCT_CUE_CLASSES,
+}
 
 STUFF_CLASSES: tuple[str, ...] = tuple(STUFF_TEXTURES)
 """Texture of each stuff class; a config with S stuff classes uses the first S."""
@@ -53,7 +71,8 @@ class SceneConfig:
 
     Attributes:
         size: image side in pixels (64-512); scenes are square.
-        num_thing_classes: object classes, the first T of ``THING_CLASSES`` (1-12).
+        num_thing_classes: object classes, the first T of the class set (1-12; capped at the
+            set's size, so the default 8 gives 6 classes with ``"distinct-cues"``).
         num_stuff_classes: background classes, the first S of ``STUFF_CLASSES`` (1-4).
         min_objects / max_objects: objects per image, uniform in this range (0-12; 0/0 gives
             stuff-only scenes).
@@ -65,6 +84,9 @@ class SceneConfig:
             draws its own in [0, blur]. 0 disables. Labels are geometric, blur does not move
             them.
         min_radius / max_radius: object radius as a fraction of the image side.
+        class_set: which thing classes (a key of ``CLASS_SETS``): ``"shared-cues"`` (the
+            default, up to 12 classes that share shapes and textures) or ``"distinct-cues"``
+            (up to 6 classes, each with its own shape and texture).
     """
 
     size: int = 96
@@ -77,9 +99,16 @@ class SceneConfig:
     blur: float = 0.6
     min_radius: float = 0.12
     max_radius: float = 0.28
+    class_set: str = "shared-cues"
 
     def __post_init__(self) -> None:
+        if not isinstance(self.class_set, str) or self.class_set not in CLASS_SETS:
+            raise ValueError(
+                f"SceneConfig.class_set must be one of {sorted(CLASS_SETS)}, got {self.class_set!r}"
+            )
         for f in fields(self):
+            if f.name == "class_set":
+                continue
             value = getattr(self, f.name)
             is_int = f.type in ("int", int)
             kind = int if is_int else (int, float)
@@ -88,6 +117,9 @@ class SceneConfig:
                 raise ValueError(f"SceneConfig.{f.name} must be {what}, got {value!r}")
         _check("size", self.size, 64, 512)
         _check("num_thing_classes", self.num_thing_classes, 1, len(THING_CLASSES))
+        available = len(CLASS_SETS[self.class_set])
+        if self.num_thing_classes > available:  # e.g. the default 8 with "distinct-cues"
+            object.__setattr__(self, "num_thing_classes", available)
         _check("num_stuff_classes", self.num_stuff_classes, 1, len(STUFF_CLASSES))
         _check("min_objects", self.min_objects, 0, 12)
         _check("max_objects", self.max_objects, self.min_objects, 12)
@@ -96,6 +128,11 @@ class SceneConfig:
         _check("blur", self.blur, 0.0, 3.0)
         _check("min_radius", self.min_radius, 0.03, 0.4)
         _check("max_radius", self.max_radius, self.min_radius, 0.4)
+
+    @property
+    def thing_classes(self) -> tuple[tuple[str, str], ...]:
+        """(shape, texture) of the thing classes in use, in id order (after the stuff)."""
+        return CLASS_SETS[self.class_set][: self.num_thing_classes]
 
     @property
     def num_classes(self) -> int:
@@ -112,7 +149,7 @@ def class_names(config: SceneConfig | None = None) -> list[str]:
     """Names in id order: ``stuff/<texture>`` then ``thing/<shape>-<texture>``."""
     config = config or SceneConfig()
     stuff = [f"stuff/{name}" for name in STUFF_CLASSES[: config.num_stuff_classes]]
-    things = [f"thing/{s}-{t}" for s, t in THING_CLASSES[: config.num_thing_classes]]
+    things = [f"thing/{s}-{t}" for s, t in config.thing_classes]
     return stuff + things
 
 
@@ -216,7 +253,7 @@ def render_scene(
     count = int(rng.integers(config.min_objects, config.max_objects + 1))
     for _ in range(count):
         thing = int(rng.integers(config.num_thing_classes))
-        shape, texture = THING_CLASSES[thing]
+        shape, texture = config.thing_classes[thing]
         cx, cy = rng.uniform(0.08, 0.92, 2)
         radius = np.exp(rng.uniform(np.log(config.min_radius), np.log(config.max_radius)))
         angle = rng.uniform(0.0, 2.0 * np.pi)

@@ -4,7 +4,10 @@ Each scene is 1-3 background "stuff" regions (split by wavy lines or blobs) with
 objects painted over them (later objects occlude earlier ones). A class is a *shape family and
 texture pattern*; both colours of every instance are drawn at random, so colour alone says
 nothing about the class, and several classes share a shape or a texture so that both cues are
-needed (e.g. ``disc-stripes`` vs ``disc-checker`` vs ``square-stripes``).
+needed (e.g. ``disc-stripes`` vs ``disc-checker`` vs ``square-stripes``). That is the default
+class set, ``"shared-cues"``; ``SceneConfig(class_set="distinct-cues")`` draws six thing classes
+that share neither shape nor texture (disc-stripes, square-dots, triangle-checker, cross-grid,
+hexagon-zigzag, ring-concentric), an easier task at 8-px patches (the quality benchmark's).
 
 Class ids (also in ``classes.json``): stuff first, ``0 .. S-1``, then things ``S .. S+T-1``;
 ``255`` marks ambiguous pixels (an outline between two classes passes within half a pixel of
@@ -87,8 +90,12 @@ def split_indices(num_images: int, split: str, val_fraction: float = 0.2) -> ran
     raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
 
 
-def _with_size(config: SceneConfig | None, size: int | None) -> SceneConfig:
+def _with_size(
+    config: SceneConfig | None, size: int | None, class_set: str | None = None
+) -> SceneConfig:
     config = config or SceneConfig()
+    if class_set is not None and class_set != config.class_set:
+        config = replace(config, class_set=class_set)
     return config if size is None or size == config.size else replace(config, size=size)
 
 
@@ -106,6 +113,8 @@ class SyntheticScenes(Dataset):
         split: ``"train"``, ``"val"`` or ``"all"``.
         config: everything else about the scenes (default ``SceneConfig()``).
         val_fraction: share of ``num_images`` held out as val, in [0, 1).
+        class_set: overrides ``config.class_set`` when given (``"shared-cues"`` or
+            ``"distinct-cues"``, see :class:`SceneConfig`).
     """
 
     ignore_index: int = IGNORE_INDEX
@@ -118,10 +127,11 @@ class SyntheticScenes(Dataset):
         split: str = "train",
         config: SceneConfig | None = None,
         val_fraction: float = 0.2,
+        class_set: str | None = None,
     ) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.config = _with_size(config, size)
+        self.config = _with_size(config, size, class_set)
         self.seed = seed
         self.split = split
         self.indices = split_indices(num_images, split, val_fraction)
@@ -149,13 +159,14 @@ def _classes_json(config: SceneConfig) -> dict[str, Any]:
         if i < s:
             classes.append({"id": i, "name": name, "kind": "stuff", "texture": STUFF_CLASSES[i]})
         else:
-            shape, texture = THING_CLASSES[i - s]
+            shape, texture = config.thing_classes[i - s]
             entry = {"id": i, "name": name, "kind": "thing", "shape": shape, "texture": texture}
             classes.append(entry)
     return {
         "class_names": names,
         "classes": classes,
         "num_classes": len(names),
+        "class_set": config.class_set,
         "ignore_index": IGNORE_INDEX,
         "stuff": list(range(s)),
         "things": list(range(s, len(names))),

@@ -25,11 +25,13 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
                 size=cfg.scenes_size,
                 seed=cfg.scenes_seed,
                 split="train",
+                class_set=cfg.scenes_class_set,
             )
         except ValueError as err:  # e.g. a size the scene renderer does not support
             raise ConfigError(
                 f"data.scenes_*: {err} (data.scenes_size={cfg.scenes_size}, "
-                f"data.scenes_num_images={cfg.scenes_num_images})"
+                f"data.scenes_num_images={cfg.scenes_num_images}, "
+                f"data.scenes_class_set={cfg.scenes_class_set!r})"
             ) from err
     root = Path(cfg.path).expanduser()
     if not root.exists():
