@@ -48,8 +48,8 @@ METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
 class Budget:
     """What every row shares. ``pretrain_overrides`` apply to every method's tiny preset."""
 
-    steps: int = 1200
-    batch_size: int = 32
+    steps: int = 4000
+    batch_size: int = 16
     pretrain_scenes: int = 2000
     scenes_size: int = 96
     scenes_class_set: str = "distinct-cues"
