@@ -128,14 +128,13 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_scenes(args: argparse.Namespace) -> int:
-    from densessl.data.scenes import (
-        SceneConfig,
-        format_statistics,
-        scene_statistics,
-        write_scenes,
-    )
+    from densessl.config import ConfigError
+    from densessl.data.scenes import SceneConfig, format_statistics, scene_statistics, write_scenes
 
-    config = SceneConfig(class_set=args.class_set)
+    try:
+        config = SceneConfig(class_set=args.class_set)
+    except ValueError as err:  # the valid names live in one place: scene_render.CLASS_SETS
+        raise ConfigError(f"--class-set: {err}") from err
     out = write_scenes(args.out, args.num_images, args.size, args.seed, config=config)
     print(f"wrote {args.num_images} scenes ({args.size} px, seed {args.seed}) to {out}")
     print(format_statistics(scene_statistics(out)))
@@ -385,7 +384,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--class-set",
         default="shared-cues",
-        choices=("shared-cues", "distinct-cues"),
         help="thing classes: 'shared-cues' (default) or 'distinct-cues' (own shape + texture)",
     )
     p.set_defaults(func=_cmd_scenes)

@@ -335,3 +335,5 @@ def test_cli_writes_the_distinct_cue_set(tmp_path: Path, capsys):
     assert meta["class_set"] == meta["config"]["class_set"] == "distinct-cues"
     assert meta["num_classes"] == S + 6 and "thing/ring-concentric" in meta["class_names"]
     assert "wrote 4 scenes" in capsys.readouterr().out
+    assert main([*args, "--class-set", "easy"]) == 2
+    assert "--class-set" in capsys.readouterr().err
