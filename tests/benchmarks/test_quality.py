@@ -13,15 +13,20 @@ import pytest
 from densessl.methods import list_methods
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+DIAGNOSE = SCRIPT.with_name("quality_diagnose.py")
 
 
-def run(*args: str) -> str:
+def run_script(script: Path, *args: str) -> str:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, str(SCRIPT), *args], capture_output=True, text=True, env=env, timeout=600
+        [sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=600
     )
     assert done.returncode == 0, done.stdout + done.stderr
     return done.stdout
+
+
+def run(*args: str) -> str:
+    return run_script(SCRIPT, *args)
 
 
 @pytest.mark.slow
@@ -55,6 +60,31 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
     assert json.loads((out / "quality.json").read_text())["rows"] == record["rows"]
     assert "Hand-written analysis." in (out / "quality.md").read_text()
 
+    # --seeds picks cells to run; the report still covers the planned seeds (0) plus those
+    run("--quick", "--out", str(out), "--report-only", "--seeds", "7")
+    seeds_column = [
+        line.split(" | ")[1]
+        for line in (out / "quality.md").read_text().splitlines()
+        if line.startswith("| ") and "---" not in line
+    ][1:]
+    assert seeds_column == ["1/1", "1/1"] + ["1/2"] * (len(rows) - 2)
+
+    diagnosed = run_script(DIAGNOSE, "--quick", "--out", str(out))  # reads cells, trains nothing
+    assert "skip" not in diagnosed
+    records = json.loads((out / "diagnosis.json").read_text())
+    assert {r["row"] for r in records} == set(rows) - {"onehot-pixel", "onehot-patch"}
+    for r in records:
+        assert 0.0 <= r["position_eta2"] <= 1.0 and 0.0 <= r["class_eta2"] <= 1.0
+        cell = next(c for c in record["cells"] if c["row"] == r["row"])
+        assert r["cluster_C"] == pytest.approx(cell["results"]["cluster_C"])  # same protocol
+        assert r["linear"] == cell["results"]["linear"]  # copied from the cell
+        assert 0.0 <= r["centred_C"] <= 100.0 and 0.0 <= r["centred_linear"] <= 100.0
+    markdown = (out / "diagnosis.md").read_text()
+    assert markdown.count("\n| ") == 2 * (len(rows) - 2 + 1)
+    (out / "diagnosis.md").unlink()
+    run_script(DIAGNOSE, "--quick", "--out", str(out), "--report-only")
+    assert (out / "diagnosis.md").read_text() == markdown
+
 
 def test_unknown_rows_are_refused(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -83,3 +113,33 @@ def test_code_version_follows_imports(tmp_path, monkeypatch):
     found = quality._imported_files(root, {root / "methods" / "leopart.py"})
     assert {p.name for p in found} == {"leopart.py", "leopart_loss.py"}
     assert quality.code_version("dino") != quality.code_version("leopart")
+
+
+def _diagnose(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import quality_diagnose
+
+    return quality_diagnose
+
+
+def test_eta_squared_on_hand_built_features(monkeypatch):
+    eta_squared = _diagnose(monkeypatch).eta_squared
+    import torch
+
+    x = torch.tensor([[1.0, 1.0], [1.0, -1.0], [-1.0, 1.0], [-1.0, -1.0], [9.0, 9.0]])
+    groups = torch.tensor([0, 0, 1, 1, -1])  # the last row has no group and is left out
+    # dim 0 is the group exactly (η² 1), dim 1 has equal group means (η² 0)
+    assert eta_squared(x, groups) == pytest.approx(0.5)
+    assert eta_squared(x[:4, :1], torch.tensor([0, 1, 2, 3])) == pytest.approx(1.0)
+    assert eta_squared(x[:4, :1], torch.tensor([0, 0, 0, 0])) == pytest.approx(0.0)
+
+
+def test_patch_classes_take_the_majority_label(monkeypatch):
+    patch_classes = _diagnose(monkeypatch).patch_classes
+    import torch
+
+    labels = torch.tensor([[1, 1, 2, 2], [1, 1, 0, 2], [255, 255, 0, 255], [255, 255, 0, 255]])[
+        None
+    ]
+    got = patch_classes(labels, (2, 2), num_classes=3)
+    assert got.tolist() == [[[1, 2], [-1, 0]]]
