@@ -49,7 +49,7 @@ def hardware() -> dict[str, Any]:
     }
 
 
-def _eval_datasets(budget: Any) -> dict[str, Any]:
+def eval_datasets(budget: Any) -> dict[str, Any]:
     from densessl.data.scenes import SyntheticScenes
 
     common = {
@@ -117,7 +117,7 @@ def train_row(
     if dry:
         return {"spec": spec}
     assert folder is not None
-    datasets = _eval_datasets(budget)
+    datasets = eval_datasets(budget)
     if row.startswith("onehot"):
         from densessl.evaluate.oracle import LabelOracle, LabelPaintedDataset
 

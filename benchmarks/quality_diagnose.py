@@ -17,9 +17,15 @@ for each, embeds the held-out validation scenes with the cell's backbone and mea
   row's linear-probe gain survive when the probe cannot read the grid position?
 - the per-class IoU of the table's K=C Hungarian overclustering (which classes a row loses).
 
-Writes ``results/diagnosis.md`` and ``results/diagnosis.json``. Usage::
+Writes ``results/diagnosis.md`` and ``results/diagnosis.json``. It needs each cell's weights
+(``run/checkpoints``, ``supervised.pt``), which are git-ignored and stay on the machine that
+trained the cells; a cell without them is skipped with its path named. On a fresh clone,
+recompute the cells into another cache first. Usage::
 
     python benchmarks/quality_diagnose.py [--rows dino loca] [--seeds 0 1 2]
+    python benchmarks/quality.py --cache /tmp/cells && \
+        python benchmarks/quality_diagnose.py --cache /tmp/cells     # fresh clone
+    python benchmarks/quality_diagnose.py --report-only               # rewrite from the JSON
 """
 
 from __future__ import annotations
@@ -114,7 +120,7 @@ def diagnose_cell(extractor: Any, datasets: dict[str, Any], budget: Any) -> dict
 
 def load_extractor(row: str, seed: int, folder: Path, budget: Any) -> tuple[Any, dict]:
     """The finished cell's backbone (never trains: a cell without its weights is skipped)."""
-    from quality_cells import _eval_datasets, train_row
+    from quality_cells import eval_datasets, train_row
 
     if row in ("random", "supervised"):
         if row == "supervised" and not (folder / "supervised.pt").is_file():
@@ -126,7 +132,7 @@ def load_extractor(row: str, seed: int, folder: Path, budget: Any) -> tuple[Any,
     run = folder / "run"
     if not (run / "checkpoints" / "last.pt").is_file():
         raise FileNotFoundError(run / "checkpoints" / "last.pt")
-    return build_extractor(run, which="teacher"), _eval_datasets(budget)
+    return build_extractor(run, which="teacher"), eval_datasets(budget)
 
 
 def _mean_std(values: list[float]) -> str:
@@ -189,7 +195,8 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the cells of quality.py --quick")
-    parser.add_argument("--out", type=Path, default=HERE / "results")
+    parser.add_argument("--out", type=Path, default=HERE / "results", help="report folder")
+    parser.add_argument("--cache", type=Path, default=None, help="cells (default: OUT/cache)")
     parser.add_argument("--rows", nargs="*", default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--report-only", action="store_true", help="rewrite from diagnosis.json")
@@ -201,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     budget = QUICK if args.quick else FULL
     seeds = args.seeds if args.seeds else list(budget.seeds)
-    cache = args.out / "cache"
+    cache = args.cache or (args.out / "cache")
     records = []
     for row in rows:
         for seed in seeds:
@@ -214,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 extractor, datasets = load_extractor(row, seed, folder, budget)
             except FileNotFoundError as missing:
-                print(f"skip {row} seed {seed}: {missing} is missing", flush=True)
+                print(f"skip {row} seed {seed}: its weights {missing} are missing", flush=True)
                 continue
             table = json.loads((folder / "cell.json").read_text())["results"]
             record = {"row": row, "seed": seed, "linear": table["linear"]}
