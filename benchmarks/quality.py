@@ -187,6 +187,12 @@ def cell_folder(cache: Path, row: str, seed: int, spec: dict[str, Any], version:
     return cache / f"{row}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
+def planned_cell_folder(cache: Path, row: str, seed: int, budget: Budget) -> Path:
+    """Where the cell of ``row`` / ``seed`` under ``budget`` and the current code lives."""
+    spec = train_row(row, seed, budget, dry=True)["spec"]
+    return cell_folder(cache, row, seed, spec, code_version(row))
+
+
 def run_cell(row: str, seed: int, budget: Budget, cache: Path, version: str) -> dict[str, Any]:
     """Train (or resume) and evaluate one cell; reuse ``cell.json`` when it exists."""
     trained = train_row(row, seed, budget, dry=True)
@@ -284,8 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
     expected = {}
     for row, seed in plan(every, budget.seeds):
-        spec = train_row(row, seed, budget, dry=True)["spec"]
-        expected[(row, seed)] = cell_folder(cache, row, seed, spec, code_version(row))
+        expected[(row, seed)] = planned_cell_folder(cache, row, seed, budget)
     paths = write_report(args.out, expected, every, budget, command, quick=args.quick)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0

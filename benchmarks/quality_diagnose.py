@@ -190,8 +190,7 @@ def write_report(records: list[dict[str, Any]], rows: list[str], out: Path) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quality import FULL, QUICK, cell_folder, code_version, registered_rows
-    from quality_cells import train_row
+    from quality import FULL, QUICK, planned_cell_folder, registered_rows
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the cells of quality.py --quick")
@@ -212,8 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     records = []
     for row in rows:
         for seed in seeds:
-            spec = train_row(row, seed, budget, dry=True)["spec"]
-            folder = cell_folder(cache, row, seed, spec, code_version(row))
+            folder = planned_cell_folder(cache, row, seed, budget)
             if not (folder / "cell.json").is_file():
                 print(f"skip {row} seed {seed}: no finished cell", flush=True)
                 continue
