@@ -193,6 +193,21 @@ def planned_cell_folder(cache: Path, row: str, seed: int, budget: Budget) -> Pat
     return cell_folder(cache, row, seed, spec, code_version(row))
 
 
+def older_cell_folder(cache: Path, row: str, seed: int, budget: Budget) -> Path | None:
+    """The newest finished cell of ``row`` / ``seed`` with today's spec but another code version.
+
+    The report falls back to it (marked stale) so that a code change does not blank the table
+    before the cells are recomputed; ``run_cell`` never reuses it.
+    """
+    spec = json.loads(json.dumps(train_row(row, seed, budget, dry=True)["spec"], default=str))
+    found: list[tuple[str, Path]] = []
+    for folder in cache.glob(f"{row}-seed{seed}-*"):
+        done, written = folder / "cell.json", folder / "spec.json"
+        if done.is_file() and written.is_file() and json.loads(written.read_text()) == spec:
+            found.append((json.loads(done.read_text()).get("finished", ""), folder))
+    return max(found)[1] if found else None
+
+
 def run_cell(row: str, seed: int, budget: Budget, cache: Path, version: str) -> dict[str, Any]:
     """Train (or resume) and evaluate one cell; reuse ``cell.json`` when it exists."""
     trained = train_row(row, seed, budget, dry=True)
@@ -288,10 +303,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {state}: {shown}", flush=True)
         records.append(record)
     command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
-    expected = {}
+    expected, stale = {}, set()
     for row, seed in plan(every, budget.seeds):
-        expected[(row, seed)] = planned_cell_folder(cache, row, seed, budget)
-    paths = write_report(args.out, expected, every, budget, command, quick=args.quick)
+        folder = planned_cell_folder(cache, row, seed, budget)
+        older = (
+            None
+            if (folder / "cell.json").is_file()
+            else older_cell_folder(cache, row, seed, budget)
+        )
+        if older is not None:
+            folder = older
+            stale.add((row, seed))
+        expected[(row, seed)] = folder
+    paths = write_report(args.out, expected, every, budget, command, args.quick, stale)
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
 

@@ -1,10 +1,11 @@
 """The report of the quality benchmark: ``quality.md``, ``quality.json`` and the PCA picture.
 
-Cells are read from their folders (only the cells of the current budget and code version);
-a row shows mean ± sample std over its finished seeds and how many of the planned seeds are
-done, so a partial run still gives an honest table. The targets of the benchmark are checked
-automatically: a gap counts when it exceeds k · sqrt(std_a² + std_b²) with at least three
-seeds on both sides.
+Cells are read from their folders: those of the current budget and code version or, where
+such a cell is missing, the newest finished cell with the same spec under an older code
+version, marked stale (†) with its commit. A row shows mean ± sample std over its finished
+seeds and how many of the planned seeds are done, so a partial run still gives an honest
+table. The targets of the benchmark are checked automatically: a gap counts when it exceeds
+k · sqrt(std_a² + std_b²) with at least three seeds on both sides.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ def _cell_text(value: tuple[float, float | None, int] | None) -> str:
     return f"{mean:.1f}" if std is None else f"{mean:.1f} ± {std:.1f}"
 
 
-def format_table(stats: list[dict[str, Any]], planned: dict[str, int]) -> str:
+def format_table(
+    stats: list[dict[str, Any]], planned: dict[str, int], stale_rows: set[str] = frozenset()
+) -> str:
     head = ["row", "seeds"] + [name for _, name in COLUMNS] + ["steps", "train min", "loss"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in stats:
@@ -78,7 +81,10 @@ def format_table(stats: list[dict[str, Any]], planned: dict[str, int]) -> str:
             f"{s['train_minutes']:.1f}" if "train_minutes" in s else "—",
             f"{s['final_loss']:.3f}" if s.get("final_loss") is not None else "—",
         ]
-        cells = [LABELS.get(s["row"], s["row"]), f"{len(s['seeds_done'])}/{planned[s['row']]}"]
+        seeds = f"{len(s['seeds_done'])}/{planned[s['row']]}" + (
+            " †" if s["row"] in stale_rows else ""
+        )
+        cells = [LABELS.get(s["row"], s["row"]), seeds]
         cells += [_cell_text(s[key]) for key, _ in COLUMNS] + extra
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -154,18 +160,23 @@ def write_report(
     budget: Any,
     command: str,
     quick: bool,
+    stale: set[tuple[str, int]] = frozenset(),
 ) -> list[Path]:
     """Write ``quality.md``, ``quality.json`` and the picture into ``out``; return the paths."""
     from quality_cells import describe_budget
 
     out.mkdir(parents=True, exist_ok=True)
     cells = load_cells(expected)
+    for key in stale & set(cells):
+        cells[key]["stale"] = True
+    stale_rows = {row for row, _ in stale & set(cells)}
+    commits = sorted({str(cells[k].get("git_commit"))[:7] for k in stale & set(cells)})
     planned = {row: sum(1 for (r, _) in expected if r == row) for row in rows}
     stats = [row_stats(cells, row) for row in rows]
     by_row = {s["row"]: s for s in stats}
     picture = _picture(cells, expected, rows, out)
     hardware = next(iter(cells.values()))["hardware"] if cells else {}
-    table = format_table(stats, planned)
+    table = format_table(stats, planned, stale_rows)
     checks = check_targets(by_row)
     md = [
         "# Quality benchmark: dense SSL methods at equal compute on synthetic scenes",
@@ -176,6 +187,16 @@ def write_report(
         table,
         "",
         "mIoU % on held-out scenes, mean ± sample std over training seeds (`seeds`: done/planned).",
+        *(
+            [
+                "",
+                "† Some cells of this row were computed by an older version of the densessl "
+                f"code (commit {', '.join(commits)}): the code has changed since, so "
+                f"`{command}` recomputes them.",
+            ]
+            if stale_rows
+            else []
+        ),
         "",
         "## Targets",
         "",

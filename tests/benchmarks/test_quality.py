@@ -60,6 +60,18 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
     assert json.loads((out / "quality.json").read_text())["rows"] == record["rows"]
     assert "Hand-written analysis." in (out / "quality.md").read_text()
 
+    # a cell of an older code version (same spec) is reported, marked stale, until recomputed
+    current = next((out / "cache").glob("random-seed0-*"))
+    older = current.with_name("random-seed0-000000000000")
+    current.rename(older)
+    run("--quick", "--out", str(out), "--report-only")
+    markdown = (out / "quality.md").read_text()
+    assert "| random init (floor) | 1/1 † |" in markdown
+    assert "older version of the densessl code" in markdown
+    cells = json.loads((out / "quality.json").read_text())["cells"]
+    assert [c["row"] for c in cells if c.get("stale")] == ["random"]
+    older.rename(current)
+
     # --seeds picks cells to run; the report still covers the planned seeds (0) plus those
     run("--quick", "--out", str(out), "--report-only", "--seeds", "7")
     seeds_column = [
