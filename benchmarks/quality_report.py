@@ -167,10 +167,11 @@ def write_report(
 
     out.mkdir(parents=True, exist_ok=True)
     cells = load_cells(expected)
-    for key in stale & set(cells):
+    stale_keys = stale & cells.keys()
+    for key in stale_keys:
         cells[key]["stale"] = True
-    stale_rows = {row for row, _ in stale & set(cells)}
-    commits = sorted({str(cells[k].get("git_commit"))[:7] for k in stale & set(cells)})
+    stale_rows = {row for row, _ in stale_keys}
+    commits = sorted({str(cells[key].get("git_commit"))[:7] for key in stale_keys})
     planned = {row: sum(1 for (r, _) in expected if r == row) for row in rows}
     stats = [row_stats(cells, row) for row in rows]
     by_row = {s["row"]: s for s in stats}
