@@ -315,7 +315,7 @@ def test_shapes_for_every_arch_and_patch_size(arch, patch_size):
     assert (h, w) == (48 // patch_size, 80 // patch_size)
     assert cls.shape == (2, dim) and patches.shape == (2, h, w, dim)
     assert attn.shape == (2, heads, h * w)
-    assert all(block.attn.fused_attn for block in backbone.model.blocks)
+    assert all(block.attn.mode == "auto" for block in backbone.model.blocks)
 
 
 def test_patch_grid_is_row_major_like_timm_forward_features():

@@ -14,7 +14,8 @@ embeddings are resampled per forward. ``pos_interp="timm"`` uses timm's resampli
 (bicubic to the target ``size``, antialiased); ``pos_interp="dino"`` reproduces the official
 DINO code exactly (bicubic with ``scale_factor=(n + 0.1) / sqrt(N)``, no antialias,
 facebookresearch/dino @7c446df5 ``vision_transformer.py`` L174-194). Training runs timm's
-fused ``scaled_dot_product_attention``; attention maps are computed only when asked.
+fused ``scaled_dot_product_attention`` (the explicit product on CPU under bf16 autocast, where
+it is faster: :mod:`densessl.attention`); attention maps are computed only when asked.
 
 Loading weights from files (:func:`load_backbone`, :func:`backbone_from_state`,
 :func:`load_timm_weights`) is in :mod:`densessl.backbone_io` and re-exported here.
@@ -22,7 +23,6 @@ Loading weights from files (:func:`load_backbone`, :func:`backbone_from_state`,
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densessl.attention import ATTENTION_MODES, use_block_attention
 from densessl.dino_checkpoint import dino_state_dict_to_timm, resample_pos_embed
 
 if TYPE_CHECKING:  # re-exported lazily by __getattr__ (backbone_io imports this module)
@@ -94,6 +95,10 @@ class BackboneConfig:
             of keeping them (activation checkpointing): ~1/3 more compute for a much smaller
             activation memory; for ViT-B/L or large batches. Training-time only, the weights
             are unchanged.
+        attention: the blocks' attention kernel (:mod:`densessl.attention`): ``"auto"``
+            (explicit product for CPU inputs under bf16 autocast, where PyTorch's CPU
+            flash kernel is slower; fused ``scaled_dot_product_attention`` otherwise),
+            ``"fused"`` or ``"explicit"``. Same weights and outputs up to rounding.
     """
 
     arch: str = "vit_small"
@@ -107,12 +112,15 @@ class BackboneConfig:
     drop_path_rate: float = 0.0
     pos_interp: str = "timm"
     grad_checkpointing: bool = False
+    attention: str = "auto"
 
     def __post_init__(self) -> None:
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
         if self.pos_interp not in POS_INTERP:
             raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {self.pos_interp!r}")
+        if self.attention not in ATTENTION_MODES:
+            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
         for name in ("patch_size", "img_size", "depth", "embed_dim", "num_heads"):
             value = getattr(self, name)
             if value is not None and value < 1:
@@ -167,11 +175,7 @@ class ViTBackbone(nn.Module):
         self.num_heads = config.resolved_num_heads
         self.has_cls_token = config.cls_token
         self.num_prefix_tokens = 1 if config.cls_token else 0
-        # timm turns fused SDPA attention on by default; an explicit TIMM_FUSED_ATTN=0
-        # (debugging) is respected, anything else gets the fused path.
-        if os.environ.get("TIMM_FUSED_ATTN", "1") != "0":
-            for block in self.model.blocks:
-                block.attn.fused_attn = True
+        use_block_attention(self.model, config.attention)
         self.model.set_grad_checkpointing(config.grad_checkpointing)
 
     # ------------------------------------------------------------------ geometry
