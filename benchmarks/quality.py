@@ -193,17 +193,29 @@ def planned_cell_folder(cache: Path, row: str, seed: int, budget: Budget) -> Pat
     return cell_folder(cache, row, seed, spec, code_version(row))
 
 
+def _without_added_keys(spec: Any, older: Any) -> Any:
+    """``spec`` without the dict keys ``older`` lacks, recursively (options added since)."""
+    if isinstance(spec, dict) and isinstance(older, dict):
+        return {k: _without_added_keys(v, older[k]) for k, v in spec.items() if k in older}
+    return spec
+
+
 def older_cell_folder(cache: Path, row: str, seed: int, budget: Budget) -> Path | None:
     """The newest finished cell of ``row`` / ``seed`` with today's spec but another code version.
 
     The report falls back to it (marked stale) so that a code change does not blank the table
-    before the cells are recomputed; ``run_cell`` never reuses it.
+    before the cells are recomputed; ``run_cell`` never reuses it. A config option added to
+    the code since (a key the older spec lacks) does not stop the match: the older cell ran
+    the code of its day, which the stale mark says.
     """
     spec = json.loads(json.dumps(train_row(row, seed, budget, dry=True)["spec"], default=str))
     found: list[tuple[str, Path]] = []
     for folder in cache.glob(f"{row}-seed{seed}-*"):
         done, written = folder / "cell.json", folder / "spec.json"
-        if done.is_file() and written.is_file() and json.loads(written.read_text()) == spec:
+        if not (done.is_file() and written.is_file()):
+            continue
+        older = json.loads(written.read_text())
+        if _without_added_keys(spec, older) == older:
             found.append((json.loads(done.read_text()).get("finished", ""), folder))
     return max(found)[1] if found else None
 

@@ -60,16 +60,27 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
     assert json.loads((out / "quality.json").read_text())["rows"] == record["rows"]
     assert "Hand-written analysis." in (out / "quality.md").read_text()
 
-    # a cell of an older code version (same spec) is reported, marked stale, until recomputed
+    # a cell of an older code version (same spec, less a config option added since) is
+    # reported, marked stale, until recomputed
     current = next((out / "cache").glob("random-seed0-*"))
     older = current.with_name("random-seed0-000000000000")
     current.rename(older)
+    spec_file = older / "spec.json"
+    original_spec = spec_file.read_text()
+    spec = json.loads(original_spec)
+    del spec["backbone"]["attention"]
+    spec_file.write_text(json.dumps(spec))
     run("--quick", "--out", str(out), "--report-only")
     markdown = (out / "quality.md").read_text()
     assert "| random init (floor) | 1/1 † |" in markdown
     assert "older version of the densessl code" in markdown
     cells = json.loads((out / "quality.json").read_text())["cells"]
     assert [c["row"] for c in cells if c.get("stale")] == ["random"]
+    spec["backbone"]["arch"] = "vit_base"  # a different experiment is never shown
+    spec_file.write_text(json.dumps(spec))
+    run("--quick", "--out", str(out), "--report-only")
+    assert "| random init (floor) | 0/1 |" in (out / "quality.md").read_text()
+    spec_file.write_text(original_spec)
     older.rename(current)
 
     # --seeds picks cells to run; the report still covers the planned seeds (0) plus those
