@@ -3,10 +3,10 @@
     python benchmarks/attention_kernels.py --device cpu --threads 2
     python benchmarks/attention_kernels.py --device cuda --dtypes bf16 fp32
 
-Builds the same :class:`densessl.backbone.ViTBackbone` with ``backbone.attention=fused`` and
+Builds the same :class:`densessl.models.vit.ViTBackbone` with ``backbone.attention=fused`` and
 ``=explicit`` (same weights) and times ``tokens()`` forward + backward of a dummy loss for a
 few (backbone, batch, image size) cases, after warm-up. This is the measurement behind
-``backbone.attention=auto`` (:mod:`densessl.attention`). Prints a markdown table; ``--json``
+``backbone.attention=auto`` (:mod:`densessl.models.attention`). Prints a markdown table; ``--json``
 writes the rows.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from densessl.backbone import BackboneConfig, build_backbone
+from densessl.models.vit import BackboneConfig, build_backbone
 
 #: name → (BackboneConfig kwargs, batch, image side)
 CASES = {

@@ -105,7 +105,8 @@ QUICK = Budget(
 )
 
 
-PRESENTATION_ONLY = ("__main__.py", "cli.py", "demo.py", "export.py", "viz.py", "viz_draw.py")
+#: Modules (files, or folders under ``src/densessl/``) that cannot change a number of the table.
+PRESENTATION_ONLY = ("__main__.py", "cli.py", "demo.py", "export.py", "viz")
 
 
 def _module_file(root: Path, module: str) -> Path | None:
@@ -147,25 +148,23 @@ def code_version(row: str) -> str:
     """Hash of the densessl sources that can change ``row``'s numbers, and the version.
 
     Every module counts except presentation-only ones (CLI, demo, pictures, export) and the
-    files of methods (``<method>.py`` / ``<method>_*.py``) that neither the row's own method
-    nor a shared module imports: adding or editing one method does not invalidate the cells
-    of the others, while SelfPatch's cells still depend on the DINO loss it uses.
+    method packages (``methods/<name>/``) that neither the row's own method nor a shared
+    module imports: adding or editing one method does not invalidate the cells of the
+    others, while SelfPatch's cells still depend on the DINO loss it uses.
     """
     import densessl
-    from densessl.methods import list_methods
+    from densessl.methods.base import list_methods
 
     root = Path(densessl.__file__).resolve().parent
     methods = list(list_methods())
-    specific = {
-        path
-        for path in root.rglob("*.py")
-        if any(path.stem == m or path.stem.startswith(f"{m}_") for m in methods)
-    }
+    specific = {p for m in methods for p in (root / "methods" / m).rglob("*.py")}
     shared = {
-        p for p in root.rglob("*.py") if p not in specific and p.name not in PRESENTATION_ONLY
+        p
+        for p in root.rglob("*.py")
+        if p not in specific and p.relative_to(root).parts[0] not in PRESENTATION_ONLY
     }
     if row in methods:
-        shared.add(root / "methods" / f"{row}.py")
+        shared |= set((root / "methods" / row).rglob("*.py"))
     files = _imported_files(root, shared)
     digest = hashlib.sha256(densessl.__version__.encode())
     for path in sorted(files):
@@ -175,7 +174,7 @@ def code_version(row: str) -> str:
 
 
 def registered_rows() -> list[str]:
-    from densessl.methods import list_methods
+    from densessl.methods.base import list_methods
 
     names = list_methods()
     ordered = [m for m in METHOD_ORDER if m in names]

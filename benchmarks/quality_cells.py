@@ -2,7 +2,7 @@
 
 ``train_row`` builds (or, with ``dry=True``, only describes) the backbone of a row:
 ``onehot-pixel`` / ``onehot-patch`` (labels as features, no training), ``random`` (the
-shared tiny ViT at its seeded init), ``supervised`` (:mod:`densessl.supervised`) or a
+shared tiny ViT at its seeded init), ``supervised`` (:mod:`densessl.train.supervised`) or a
 registered method (its ``tiny`` preset plus the budget's shared overrides, through the
 trainer, which resumes from the cell's checkpoints). ``evaluate_backbone`` runs the scenes
 presets of the linear probe, overclustering and retrieval on the held-out scenes.
@@ -25,7 +25,7 @@ PICTURE_INDEX = 0  # the fixed held-out image (index into the eval val split) of
 def hardware() -> dict[str, Any]:
     """Where a cell ran: CPU model, threads, device, autocast dtype, library versions."""
     import densessl
-    from densessl.precision import resolve_device, resolve_precision
+    from densessl.train.precision import resolve_device, resolve_precision
 
     device = resolve_device("auto")
     dtype, _ = resolve_precision("auto", device)
@@ -50,7 +50,7 @@ def hardware() -> dict[str, Any]:
 
 
 def eval_datasets(budget: Any) -> dict[str, Any]:
-    from densessl.data.scenes import SyntheticScenes
+    from densessl.data.scenes.dataset import SyntheticScenes
 
     common = {
         "num_images": budget.eval_scenes,
@@ -65,8 +65,8 @@ def eval_datasets(budget: Any) -> dict[str, Any]:
 
 
 def _method_config(row: str, seed: int, budget: Any) -> Any:
-    from densessl.config import build_run_config
-    from densessl.methods import get_method
+    from densessl.config.presets import build_run_config
+    from densessl.methods.base import get_method
 
     return build_run_config(row, get_method(row).Params, "tiny", budget.shared_overrides(seed))
 
@@ -78,7 +78,7 @@ def _eval_spec(budget: Any) -> dict[str, Any]:
 
 
 def _training_from_metrics(run: Path, batch_size: int) -> dict[str, Any]:
-    from densessl.train import read_metrics
+    from densessl.train.trainer import read_metrics
 
     records = read_metrics(run)
     seconds, previous = 0.0, 0
@@ -100,7 +100,7 @@ def train_row(
     row: str, seed: int, budget: Any, folder: Path | None = None, dry: bool = False
 ) -> dict[str, Any]:
     """``{"spec", "extractor", "eval_datasets", "training"}`` of a row (only ``spec`` if dry)."""
-    from densessl.evaluate.report import jsonable
+    from densessl.evaluation.report import jsonable
 
     spec: dict[str, Any] = {"row": row, "seed": seed, "eval": _eval_spec(budget)}
     dino = _method_config("dino", seed, budget)  # the shared backbone of the reference rows
@@ -119,20 +119,20 @@ def train_row(
     assert folder is not None
     datasets = eval_datasets(budget)
     if row.startswith("onehot"):
-        from densessl.evaluate.oracle import LabelOracle, LabelPaintedDataset
+        from densessl.evaluation.oracle import LabelOracle, LabelPaintedDataset
 
         painted = {k: LabelPaintedDataset(v) for k, v in datasets.items()}
         oracle = LabelOracle(datasets["val"].num_classes, spec["patch_size"])
         return {"spec": spec, "extractor": oracle, "eval_datasets": painted, "training": {}}
     if row == "random":
-        from densessl.backbone import build_backbone
+        from densessl.models.vit import build_backbone
 
         torch.manual_seed(seed)
         return _with_extractor(spec, build_backbone(dino.backbone), datasets, {"steps": 0})
     if row == "supervised":
         return _train_supervised(spec, seed, budget, dino, folder, datasets)
-    from densessl.evaluate.features import build_extractor
-    from densessl.train import Trainer
+    from densessl.evaluation.features import build_extractor
+    from densessl.train.trainer import Trainer
 
     config = _method_config(row, seed, budget)
     run = folder / "run"
@@ -143,7 +143,7 @@ def train_row(
 
 
 def _supervised_config(seed: int, budget: Any, dino: Any) -> Any:
-    from densessl.supervised import SupervisedConfig
+    from densessl.train.supervised import SupervisedConfig
 
     return SupervisedConfig(
         steps=budget.steps,
@@ -159,8 +159,8 @@ def _supervised_config(seed: int, budget: Any, dino: Any) -> Any:
 def _train_supervised(
     spec: dict[str, Any], seed: int, budget: Any, dino: Any, folder: Path, datasets: dict
 ) -> dict[str, Any]:
-    from densessl.data.scenes import SyntheticScenes
-    from densessl.supervised import train_supervised
+    from densessl.data.scenes.dataset import SyntheticScenes
+    from densessl.train.supervised import train_supervised
 
     scenes = SyntheticScenes(
         num_images=budget.pretrain_scenes,
@@ -183,7 +183,7 @@ def _train_supervised(
 
 
 def _with_extractor(spec: dict, backbone: Any, datasets: dict, training: dict) -> dict[str, Any]:
-    from densessl.evaluate.features import PatchFeatureExtractor
+    from densessl.evaluation.features import PatchFeatureExtractor
 
     source = {"kind": "module", "description": spec["row"]}
     extractor = PatchFeatureExtractor(backbone, backbone.patch_size, source)
@@ -192,11 +192,11 @@ def _with_extractor(spec: dict, backbone: Any, datasets: dict, training: dict) -
 
 def evaluate_backbone(extractor: Any, datasets: dict[str, Any], budget: Any) -> dict[str, Any]:
     """Linear probe (+ overclustering and retrieval unless the extractor is an oracle)."""
-    from densessl.evaluate.api import resolve_protocol
-    from densessl.evaluate.linear import train_linear_probe
-    from densessl.evaluate.overcluster import evaluate_overclustering
-    from densessl.evaluate.report import jsonable, summarize
-    from densessl.evaluate.retrieval import evaluate_retrieval
+    from densessl.evaluation.api import resolve_protocol
+    from densessl.evaluation.linear.probe import train_linear_probe
+    from densessl.evaluation.overcluster import evaluate_overclustering
+    from densessl.evaluation.report import jsonable, summarize
+    from densessl.evaluation.retrieval import evaluate_retrieval
 
     start = time.perf_counter()
     train, val = datasets["train"], datasets["val"]
@@ -231,7 +231,7 @@ def evaluate_backbone(extractor: Any, datasets: dict[str, Any], budget: Any) -> 
 
 def _picture_features(extractor: Any, val: Any) -> dict[str, torch.Tensor]:
     """Patch features of the fixed held-out picture image (normalised like the evaluators)."""
-    from densessl.evaluate.preprocess import normalize
+    from densessl.evaluation.preprocess import normalize
 
     item = val[PICTURE_INDEX]
     image = normalize(item["image"].float() / 255.0)[None]
@@ -241,6 +241,6 @@ def _picture_features(extractor: Any, val: Any) -> dict[str, torch.Tensor]:
 
 
 def describe_budget(budget: Any) -> dict[str, Any]:
-    from densessl.evaluate.report import jsonable
+    from densessl.evaluation.report import jsonable
 
     return jsonable(dataclasses.asdict(budget))

@@ -82,9 +82,9 @@ def eta_squared(x: Tensor, groups: Tensor) -> float:
 
 
 def diagnose_cell(extractor: Any, datasets: dict[str, Any], budget: Any) -> dict[str, Any]:
-    from densessl.evaluate.api import resolve_protocol
-    from densessl.evaluate.linear import train_linear_probe
-    from densessl.evaluate.overcluster import embed_dataset, evaluate_overclustering
+    from densessl.evaluation.api import resolve_protocol
+    from densessl.evaluation.linear.probe import train_linear_probe
+    from densessl.evaluation.overcluster import embed_dataset, evaluate_overclustering
 
     cluster = resolve_protocol("cluster", "scenes", budget.cluster, budget.scenes_size)
     linear = resolve_protocol("linear", "scenes", budget.linear, budget.scenes_size)
@@ -127,7 +127,7 @@ def load_extractor(row: str, seed: int, folder: Path, budget: Any) -> tuple[Any,
             raise FileNotFoundError(folder / "supervised.pt")
         got = train_row(row, seed, budget, folder=folder)  # random: seeded init; supervised: loads
         return got["extractor"], got["eval_datasets"]
-    from densessl.evaluate.features import build_extractor
+    from densessl.evaluation.features import build_extractor
 
     run = folder / "run"
     if not (run / "checkpoints" / "last.pt").is_file():

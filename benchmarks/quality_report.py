@@ -127,8 +127,8 @@ def check_targets(by_row: dict[str, dict[str, Any]]) -> list[str]:
 
 
 def _picture(cells: dict, expected: dict, rows: list[str], out: Path) -> Path | None:
-    from densessl.viz_draw import compose_panel, image_to_pil, label_overlay, map_to_pil
-    from densessl.viz_pca import pca_rgb
+    from densessl.viz.draw import compose_panel, image_to_pil, label_overlay, map_to_pil
+    from densessl.viz.pca import pca_rgb
 
     tiles, base = [], None
     for row in rows:

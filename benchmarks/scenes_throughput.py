@@ -20,7 +20,7 @@ from collections.abc import Callable  # noqa: E402
 
 import torch  # noqa: E402
 
-from densessl.data.scenes import SceneConfig, SyntheticScenes, render_scene  # noqa: E402
+from densessl.data.scenes.dataset import SceneConfig, SyntheticScenes, render_scene  # noqa: E402
 
 
 def _rate(fn: Callable[[int], object], seconds: float) -> float:

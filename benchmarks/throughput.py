@@ -30,12 +30,11 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from densessl.config import build_run_config
-from densessl.methods import get_method, list_methods
-from densessl.methods.base import StepInfo
-from densessl.precision import autocast
-from densessl.train import Trainer
-from densessl.views import batch_to_device, collate_views, group_by_resolution
+from densessl.config.presets import build_run_config
+from densessl.data.views.multicrop import batch_to_device, collate_views, group_by_resolution
+from densessl.methods.base import StepInfo, get_method, list_methods
+from densessl.train.precision import autocast
+from densessl.train.trainer import Trainer
 
 PRESETS = {
     # The methods' CPU presets as they are (128-d ViT, 4 blocks, patch 8, 64/32 px crops).

@@ -27,7 +27,7 @@ dino.teacher_temp. On small datasets a smaller dino.out_dim (1k-8k) is enough.
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from densessl.train import pretrain
+    from densessl.train.trainer import pretrain
 
     start = time.perf_counter()
     run = pretrain(
@@ -46,28 +46,11 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 EVAL_HELP = """\
 Evaluate a frozen backbone's patch features with one dense protocol; prints a table with the
-protocol's settings next to every number and writes all of it as JSON.
+protocol's settings next to every number and writes all of it as JSON (with the official
+code each protocol follows).
 
-  linear     Leopart linear probe: 1x1 conv on frozen features, SGD; trained on train
-             (VOC: trainaug), mIoU on val without matching. Paper: 448 px, 25 epochs,
-             lr 0.01, batch 60, scored at 448 px.
-  cluster    Leopart overclustering on val (transductive): standardise, PCA-50, k-means
-             (100 it, 5 restarts, seeds 0-4); Hungarian at K = C, many-to-one at K > C.
-             Paper (VOC): K = 21, 300, 500 at 448 px, scored at 100 px.
-  retrieval  Hummingbird dense nearest neighbours: memory of 102,400 patches from train
-             (2 augmented passes), k = 30, T = 0.02 at 512 px; mIoU on val without
-             matching (and with Hungarian, as the official code reports).
-  unsupervised
-             Leopart fully-unsupervised segmentation (train + val clustered): cluster-based
-             foreground extraction (spherical k-means K = 200, each cluster's precision
-             against the CLS-attention foreground, 65% mass) + community detection on the
-             cluster co-occurrence graph (Infomap; community=leiden as an alternative),
-             Hungarian mIoU over background + foreground classes. As in the paper, train
-             labels choose the CBFE cut and the CD settings (a grid over k_community,
-             weight_threshold, markov_time); give single values to fix them, e.g. Leopart
-             ViT-S/16: k_community=149 markov_time=2 weight_threshold=0.09. Paper's noisy
-             foreground: attention_backbone=dino_deitsmall16_pretrain.pth. Needs
-             pip install 'densessl[unsupervised]' (infomap, leidenalg, igraph).
+Protocols (`densessl eval PROTOCOL --help` lists each one's settings and advice):
+{protocols}
 
 Examples:
   densessl eval linear --backbone runs/dino-tiny                  # scenes, CPU preset
@@ -88,12 +71,12 @@ directory's results go to RUN/eval/<protocol>_<dataset>.json.
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from densessl.evaluate.api import evaluate
+    from densessl.evaluation.api import evaluate
 
     out = args.out
     backbone = Path(args.backbone).expanduser()
     if out is None and backbone.is_dir() and (backbone / "config.yaml").is_file():
-        out = backbone / "eval" / f"{args.protocol}_{args.dataset}.json"
+        out = backbone / "eval" / f"{args.protocol_name}_{args.dataset}.json"
     record = evaluate(
         args.protocol,
         backbone=args.backbone,
@@ -117,7 +100,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from densessl.methods import list_methods
+    from densessl.methods.base import list_methods
 
     methods = list_methods()
     width = max(len(name) for name in methods)
@@ -128,12 +111,17 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_scenes(args: argparse.Namespace) -> int:
-    from densessl.config import ConfigError
-    from densessl.data.scenes import SceneConfig, format_statistics, scene_statistics, write_scenes
+    from densessl.data.scenes.dataset import (
+        SceneConfig,
+        format_statistics,
+        scene_statistics,
+        write_scenes,
+    )
+    from densessl.errors import ConfigError
 
     try:
         config = SceneConfig(class_set=args.class_set)
-    except ValueError as err:  # the valid names live in one place: scene_render.CLASS_SETS
+    except ValueError as err:  # the valid names live in densessl.data.scenes.render.CLASS_SETS
         raise ConfigError(f"--class-set: {err}") from err
     out = write_scenes(args.out, args.num_images, args.size, args.seed, config=config)
     print(f"wrote {args.num_images} scenes ({args.size} px, seed {args.seed}) to {out}")
@@ -169,8 +157,8 @@ is background; raise --threshold to keep only confident foreground).
 
 
 def _cmd_viz(args: argparse.Namespace) -> int:
-    from densessl.data.decode import ImageDecodeError
-    from densessl.viz import visualize
+    from densessl.io.decode import ImageDecodeError
+    from densessl.viz.panels import visualize
 
     start = time.perf_counter()
     try:
@@ -228,33 +216,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-PROTOCOL_HELP = {
-    "linear": "Leopart linear probe (train split -> val)",
-    "cluster": "Leopart overclustering (val, transductive)",
-    "retrieval": "Hummingbird dense nearest-neighbour retrieval (train memory -> val)",
-    "unsupervised": "Leopart fully-unsupervised segmentation: CBFE + community detection "
-    "(train labels choose the cut and CD settings, val scored)",
-}
-#: key=value settings of each protocol (the fields of its dataclass; a test keeps them equal).
-PROTOCOL_SETTINGS = {
-    "linear": "image_size feature_size mask_size_train eval_mask_size epochs batch_size lr "
-    "momentum weight_decay lr_step_epoch lr_gamma crop_scale crop_ratio flip seed head "
-    "fcn_channels fcn_dropout cache_views max_cache_gb eval_batch_size num_workers",
-    "cluster": "image_size mask_size pca_dim num_clusters seeds iters n_init init "
-    "max_points_per_centroid standardize batch_size num_workers backend chunk_size "
-    "many_to_one_criterion",
-    "retrieval": "image_size memory_size num_neighbors temperature augment_epochs crop_scale "
-    "crop_ratio brightness contrast saturation hue jitter_p seed batch_size num_workers "
-    "query_chunk memory_chunk hungarian ignore_to_background legacy_std search_backend",
-    "unsupervised": "image_size mask_size pca_dim standardize background attention_backbone "
-    "attention_mass attention_blur_sigma attention_blur_kernel attention_remove_small k_fg "
-    "bg_fraction threshold_step community k_community weight_threshold markov_time resolution "
-    "num_communities cd_seeds cbfe_seeds seed iters n_init init max_points_per_centroid backend "
-    "chunk_size fix_angle_typo batch_size num_workers",
-}
-
-
-def _eval_options() -> argparse.ArgumentParser:
+def _eval_options(datasets: Sequence[str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--backbone", required=True, help="RUN_DIR, checkpoint, export, timm:NAME or random:..."
@@ -262,7 +224,7 @@ def _eval_options() -> argparse.ArgumentParser:
     common.add_argument(
         "--dataset",
         default="scenes",
-        choices=("scenes", "voc", "cocostuff", "cocothings", "ade20k"),
+        choices=datasets,
         help="labeled dataset (default: synthetic scenes rendered on the fly)",
     )
     common.add_argument("--root", help="dataset folder (scenes: a `densessl scenes` folder)")
@@ -280,29 +242,47 @@ def _eval_options() -> argparse.ArgumentParser:
     return common
 
 
-def _add_eval_parser(sub: argparse._SubParsersAction) -> None:
+def _add_eval_parser(sub: argparse._SubParsersAction, with_protocols: bool) -> None:
+    """``densessl eval PROTOCOL``; the protocols come from the registry.
+
+    The registry imports the protocols (and torch), so it is read only when the command is
+    ``eval``: every other command, and ``densessl --help``, starts without it.
+    """
+    summary = "evaluate a backbone's frozen patch features with a registered protocol"
+    if not with_protocols:
+        p = sub.add_parser("eval", help=summary, add_help=False)
+        p.set_defaults(func=None)
+        return
+    from densessl.data.segmentation.registry import dataset_names
+    from densessl.evaluation.registry import list_protocols
+
+    records = list_protocols()
+    listing = "\n".join(f"  {name:<13} {r.description}" for name, r in records.items())
     p = sub.add_parser(
         "eval",
-        help="evaluate a backbone: linear probe, overclustering, dense retrieval or "
-        "fully-unsupervised segmentation",
-        description=EVAL_HELP,
+        help=summary,
+        description=EVAL_HELP.format(protocols=listing),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     protocols = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    common = _eval_options()
-    for name, text in PROTOCOL_HELP.items():
+    common = _eval_options(dataset_names())
+    for name, record in records.items():
         q = protocols.add_parser(
             name,
-            help=text,
+            aliases=list(record.aliases),
+            help=record.description,
             parents=[common],
-            description=f"{text}. Settings (key=value, after the options): "
-            f"{', '.join(PROTOCOL_SETTINGS[name].split())}. Defaults: the paper's on real "
-            "datasets, the for_scenes CPU preset on scenes; both are in the JSON result.",
+            description=f"{record.description}. {record.help} Follows {record.source}. "
+            f"Settings (key=value, after the options): {', '.join(record.setting_names())}. "
+            "Defaults: the paper's on real datasets, the for_scenes CPU preset on scenes; "
+            "both are in the JSON result.",
         )
-        q.set_defaults(func=_cmd_eval)
+        q.set_defaults(func=_cmd_eval, protocol_name=name)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
+    """The argument parser; ``with_protocols=False`` leaves the registry unread (see
+    :func:`_add_eval_parser`)."""
     parser = argparse.ArgumentParser(
         prog="densessl",
         description="Dense self-supervised pretraining of ViTs and dense-feature evaluation.",
@@ -319,7 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--data", default=None, help="folder of images, or 'scenes' (default: generated scenes)"
     )
-    p.add_argument("--preset", default="tiny", help="configs/<method>/<preset>.yaml or a YAML path")
+    p.add_argument(
+        "--preset",
+        default="tiny",
+        help="a preset shipped with the method (tiny, paper) or a YAML file's path",
+    )
     p.add_argument("--out", required=True, help="run directory (same --out again = resume)")
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None, help="training length in steps")
@@ -332,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_cmd_pretrain)
 
-    _add_eval_parser(sub)
+    _add_eval_parser(sub, with_protocols)
 
     p = sub.add_parser(
         "viz",
@@ -399,11 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    from densessl.checkpoint import CheckpointError
-    from densessl.config import ConfigError
-    from densessl.data.decode import ImageDecodeError
+    words = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(with_protocols=words[:1] == ["eval"])
+    args = parser.parse_args(words)
+    from densessl.errors import ConfigError
+    from densessl.io.checkpoint import CheckpointError
+    from densessl.io.decode import ImageDecodeError
 
     try:
         return int(args.func(args))

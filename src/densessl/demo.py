@@ -16,14 +16,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from densessl.data.scenes import format_statistics, scene_statistics, write_scenes
-from densessl.train import pretrain, read_metrics
+from densessl.data.scenes.dataset import format_statistics, scene_statistics, write_scenes
+from densessl.train.trainer import pretrain, read_metrics
 
 PROTOCOLS = ("linear", "cluster", "retrieval")
 
 
 def _evaluate_all(run: Path, scenes: Path, out: Path, label: str) -> list[dict[str, Any]]:
-    from densessl.evaluate.api import evaluate
+    from densessl.evaluation.api import evaluate
 
     rows = []
     for name, backbone in ((label, str(run)), ("random init", f"random:{run}")):
@@ -119,7 +119,7 @@ def run_demo(
 
 
 def _pictures(run: Path, scenes: Path, count: int = 4) -> dict[str, list[Path]]:
-    from densessl.viz import visualize
+    from densessl.viz.panels import visualize
 
     val = (scenes / "splits" / "val.txt").read_text().split()[:count]
     files = [scenes / "images" / f"{name}.png" for name in val]

@@ -32,7 +32,7 @@ checkpoints use ``pos_interp="dino"``; plain timm matches them at ``img_size`` a
 
 Every file is written to a temporary name and renamed, so an interrupted export never leaves
 a half-written file under the final name. :func:`load_export` reads an export back as a
-:class:`~densessl.backbone.ViTBackbone`.
+:class:`~densessl.models.vit.ViTBackbone`.
 """
 
 from __future__ import annotations
@@ -46,10 +46,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from densessl.backbone import ViTBackbone
-from densessl.checkpoint import CheckpointError
-from densessl.config import to_plain
-from densessl.evaluate.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from densessl.config.schema import to_plain
+from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from densessl.io.checkpoint import CheckpointError
+from densessl.models.vit import ViTBackbone
 
 __all__ = ["WEIGHTS_NAME", "export_backbone", "load_export", "timm_from_export"]
 
@@ -142,7 +142,7 @@ def _max_difference(backbone: ViTBackbone, timm_model: torch.nn.Module) -> float
 def _resolve(source: str | os.PathLike[str] | ViTBackbone, which: str) -> tuple[ViTBackbone, dict]:
     if isinstance(source, ViTBackbone):
         return source, {"kind": "backbone"}
-    from densessl.evaluate.features import build_extractor
+    from densessl.evaluation.features import build_extractor
 
     text = str(source)
     if text.startswith(("timm:", "random")):
@@ -247,12 +247,12 @@ def export_backbone(
 def load_export(path: str | os.PathLike[str]) -> ViTBackbone:
     """An export (folder, or its ``.safetensors`` file) as a :class:`ViTBackbone` on the CPU,
     in eval mode (the loader of ``densessl eval``,
-    :func:`densessl.evaluate.features.from_export`).
+    :func:`densessl.evaluation.features.from_export`).
 
     Raises:
         CheckpointError: missing files, unreadable metadata, or weights that do not fit.
     """
-    from densessl.evaluate.features import from_export
+    from densessl.evaluation.features import from_export
 
     model = from_export(path).model
     assert isinstance(model, ViTBackbone)

@@ -1,7 +1,7 @@
 """Unlabeled image folder: every image file under a root, decoded robustly.
 
 Listing
-    Files whose extension is in :data:`~densessl.data.decode.IMAGE_EXTENSIONS` (any case),
+    Files whose extension is in :data:`~densessl.io.decode.IMAGE_EXTENSIONS` (any case),
     searched recursively by default. Directory symlinks are followed, but each real
     directory is visited once (keyed by device + inode), so symlink loops terminate and a
     folder reachable twice is not listed twice. Unreadable directories are skipped and
@@ -22,7 +22,7 @@ Corrupt files (``on_corrupt="skip"``, the default) -- the dataset never crashes 
        ``DataLoader(num_workers>0)`` each worker holds its own copy of ``skipped``).
 
     With ``on_corrupt="raise"`` the first bad file raises
-    :class:`~densessl.data.decode.ImageDecodeError` naming it (construction for header
+    :class:`~densessl.io.decode.ImageDecodeError` naming it (construction for header
     failures, ``__getitem__`` for decode failures).
 
 Small images
@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from densessl.data.decode import (
+from densessl.io.decode import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     ImageDecodeError,

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from densessl.config import ConfigError, DataConfig
+from densessl.config.schema import DataConfig
+from densessl.errors import ConfigError
 
 
 def build_pretrain_images(cfg: DataConfig) -> Dataset:
@@ -17,7 +18,7 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
     images are never seen), or any folder of images (searched recursively).
     """
     if cfg.path == "scenes":
-        from densessl.data.scenes import SyntheticScenes
+        from densessl.data.scenes.dataset import SyntheticScenes
 
         try:
             return SyntheticScenes(

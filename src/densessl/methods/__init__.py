@@ -1,5 +1,3 @@
-"""Pretraining methods and their registry (see :mod:`densessl.methods.base`)."""
-
-from densessl.methods.base import Method, StepInfo, get_method, list_methods, register_method
-
-__all__ = ["Method", "StepInfo", "get_method", "list_methods", "register_method"]
+"""Pretraining methods: the contract and registry (:mod:`.base`), the student/teacher pair
+shared by the methods (:mod:`.student_teacher`), and one package per method
+(``<name>/method.py``, ``loss.py``, helpers, ``presets/*.yaml``), discovered on first use."""

@@ -9,15 +9,17 @@ method by name except the registry. Registering a method (``@register_method``) 
 from __future__ import annotations
 
 import abc
+import inspect
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from densessl.backbone import BackboneConfig, ViTBackbone
-from densessl.views import ViewsConfig
+from densessl.data.views.multicrop import MultiCropViews, ViewsConfig
+from densessl.models.vit import BackboneConfig, ViTBackbone
 
 
 @dataclass
@@ -52,6 +54,21 @@ class Method(nn.Module, abc.ABC):
         self.params = params
         self.backbone_config = backbone
         self.views_config = views
+
+    @classmethod
+    def presets_dir(cls) -> Path:
+        """``presets/`` beside the module defining the method (its shipped YAML presets)."""
+        return Path(inspect.getfile(cls)).resolve().parent / "presets"
+
+    @classmethod
+    def build_views(cls, views: ViewsConfig) -> MultiCropViews:
+        """The multi-crop sampler of this method's training images.
+
+        The default draws the crops ``views`` describes; a method with a crop rule of its
+        own returns a :class:`~densessl.data.views.multicrop.MultiCropViews` subclass kept
+        in its own package.
+        """
+        return MultiCropViews(views)
 
     # -- the contract -------------------------------------------------------------------
     @abc.abstractmethod
@@ -146,10 +163,10 @@ def register_method(cls: type[Method]) -> type[Method]:
 
 
 def _load_builtin_methods() -> None:
-    """Import every module of ``densessl.methods`` (each registers its method).
+    """Import every method package of ``densessl.methods`` (its ``method`` module registers it).
 
     Called on first use, not at import, so ``import densessl`` has no side effects; adding a
-    method is adding its module, nothing else changes.
+    method is adding its package (``methods/<name>/method.py``), nothing else changes.
     """
     import importlib
     import pkgutil
@@ -157,8 +174,8 @@ def _load_builtin_methods() -> None:
     import densessl.methods as package
 
     for module in pkgutil.iter_modules(package.__path__):
-        if module.name != "base" and not module.name.startswith("_"):
-            importlib.import_module(f"densessl.methods.{module.name}")
+        if module.ispkg and not module.name.startswith("_"):
+            importlib.import_module(f"densessl.methods.{module.name}.method")
 
 
 def get_method(name: str) -> type[Method]:

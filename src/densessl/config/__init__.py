@@ -1,0 +1,2 @@
+"""Run configuration: the schema (:mod:`.schema`), typed coercion (:mod:`.coerce`) and
+presets (:mod:`.presets`)."""

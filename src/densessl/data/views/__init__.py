@@ -1,0 +1,2 @@
+"""Training views: multi-crop sampling with boxes and flips (:mod:`.multicrop`) and
+photometric augmentation (:mod:`.photometric`)."""

@@ -1,0 +1,292 @@
+"""``densessl.evaluate(...)`` and ``densessl eval``: one protocol, one backbone, one dataset.
+
+Protocols and datasets come from their registries
+(:mod:`densessl.evaluation.registry`, :mod:`densessl.data.segmentation.registry`): each
+protocol record names its settings dataclass, its splits and the official code it follows.
+The built-in protocols and the splits they use:
+
+================  ========================================  ===============================
+protocol          what                                      splits
+================  ========================================  ===============================
+``linear``        Leopart linear probe (1x1 conv on frozen  train on ``train`` (VOC:
+                  patch features, SGD), mIoU, no matching   ``trainaug``; COCO: a seeded
+                                                            10%), score ``val``
+``cluster``       Leopart overclustering: standardise,      transductive on ``val``
+                  PCA-50, k-means over seeds, Hungarian
+                  (K = C) / many-to-one (K > C)
+``retrieval``     Hummingbird dense NN retrieval (k = 30,   memory from ``train`` (VOC:
+                  T = 0.02, 102,400-patch memory)           ``trainaug``), query ``val``
+``unsupervised``  Leopart fully-unsupervised segmentation:  both clustered; ``train``
+                  CBFE (spherical k-means, attention        labels choose the CBFE cut and
+                  precision) + community detection          the CD settings; ``val`` scored
+                  (Infomap / Leiden), Hungarian             (VOC: ``train``, not trainaug)
+================  ========================================  ===============================
+
+Real datasets get the papers' settings (each record's defaults; overclustering's
+:meth:`~densessl.evaluation.overcluster.OverclusterProtocol.for_voc`: K = C, 300, 500); the
+synthetic scenes get each protocol's ``for_scenes`` CPU preset at the scenes' resolution.
+Any setting can be overridden by name (``epochs=10``, ``seeds=[0]``); dataset options go
+under ``data.`` (``data.num_images=200``). An unknown name is an error listing valid ones.
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import dataclasses
+import json
+import time
+import types
+import typing
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from densessl.config.coerce import coerce_value, parse_overrides
+from densessl.data.segmentation.registry import get_dataset
+from densessl.errors import ConfigError
+from densessl.evaluation.features import PatchFeatureExtractor, build_extractor
+from densessl.evaluation.registry import get_protocol
+from densessl.evaluation.report import format_table, jsonable, summarize
+
+__all__ = ["default_splits", "evaluate", "resolve_protocol"]
+
+
+def default_splits(protocol: str, dataset: str) -> tuple[str | None, str]:
+    """``(train split or None, scored split)`` of ``protocol`` on ``dataset``."""
+    return get_protocol(protocol).splits(get_dataset(dataset).name)
+
+
+def _plain_hint(tp: Any) -> Any:
+    """``Sequence[X]`` → ``tuple[X, ...]`` (recursively) so that config coercion handles it."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is collections.abc.Sequence:
+        return tuple[_plain_hint(args[0]), ...]  # type: ignore[misc]
+    if origin in (typing.Union, types.UnionType):
+        return typing.Union[tuple(_plain_hint(a) for a in args)]  # noqa: UP007
+    return tp
+
+
+def _coerce_settings(cls: type, values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    out = {}
+    for key, value in values.items():
+        hint = _plain_hint(hints[key])
+        variadic = typing.get_origin(hint) is tuple and typing.get_args(hint)[-1] is Ellipsis
+        if variadic and not isinstance(value, list | tuple):
+            value = [value]  # seeds=0 means seeds=[0]
+        out[key] = coerce_value(value, hint, f"{prefix}.{key}")
+    return out
+
+
+def _split_overrides(
+    protocol: str, dataset: str, root: Any, values: Mapping[str, Any]
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Separate protocol settings from ``data.*`` dataset options; reject unknown keys."""
+    cls = get_protocol(protocol).settings
+    settings = set(get_protocol(protocol).setting_names())
+    data_keys = get_dataset(dataset).option_names(root)
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if key == "data" and isinstance(value, Mapping):
+            flat.update({f"data.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    chosen, data = {}, {}
+    for key, value in flat.items():
+        if key.startswith("data.") and key[5:] in data_keys:
+            data[key[5:]] = value
+        elif key in settings:
+            chosen[key] = value
+        else:
+            raise ConfigError(
+                f"unknown {protocol} setting {key!r}; valid settings: "
+                f"{', '.join(sorted(settings))}; dataset options ({dataset}): "
+                f"{', '.join('data.' + k for k in data_keys)}"
+            )
+    return _coerce_settings(cls, chosen, protocol), data
+
+
+def resolve_protocol(
+    protocol: str, dataset: str, settings: Mapping[str, Any], image_size: int | None = None
+) -> Any:
+    """The protocol dataclass: the dataset's preset with ``settings`` applied.
+
+    Args:
+        protocol: a registered protocol name (or alias).
+        dataset: a registered dataset name.
+        settings: already coerced field values.
+        image_size: the scenes preset's resolution (scenes only).
+
+    Raises:
+        ConfigError: a value the protocol refuses (its ``__post_init__`` checks).
+    """
+    return get_protocol(protocol).resolve(get_dataset(dataset).name, settings, image_size)
+
+
+def _build_dataset(dataset: str, root: Any, split: str, options: Mapping[str, Any]) -> Any:
+    record = get_dataset(dataset)
+    try:
+        return record.build(root, split, **options)
+    except FileNotFoundError as err:
+        hint = record.missing_hints.get(split)
+        raise FileNotFoundError(f"{err} ({hint})" if hint else str(err)) from err
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"dataset {dataset!r} ({split}): {err}") from err
+
+
+def _scene_size(dataset: Any, patch_size: int | None) -> int:
+    side = int(min(dataset[0]["image"].shape[-2:]))
+    p = int(patch_size or 1)
+    return max(p, round(side / p) * p)
+
+
+def _extractor(backbone: Any, options: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    if isinstance(backbone, PatchFeatureExtractor):
+        return backbone, backbone.source
+    if isinstance(backbone, str | Path):
+        extractor = build_extractor(backbone, **options)
+        return extractor, extractor.source
+    from densessl.models.vit import ViTBackbone
+
+    if isinstance(backbone, ViTBackbone):
+        source = {"kind": "module", "description": f"ViTBackbone {backbone.config.arch}"}
+        return PatchFeatureExtractor(backbone, backbone.patch_size, source), source
+    if callable(backbone):
+        return backbone, {"kind": "callable", "description": repr(backbone)[:80]}
+    raise ConfigError(f"backbone must be a path, a string source or an extractor, got {backbone!r}")
+
+
+def evaluate(
+    protocol: str,
+    backbone: str | Path | nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    dataset: str = "scenes",
+    root: str | Path | None = None,
+    out: str | Path | None = None,
+    *,
+    overrides: Sequence[str] | Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+    arch: str | None = None,
+    patch_size: int | None = None,
+    which: str = "teacher",
+    weights: str | Path | None = None,
+    init_seed: int = 0,
+    train_split: str | None = None,
+    val_split: str | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    verbose: bool = True,
+    **protocol_overrides: Any,
+) -> dict[str, Any]:
+    """Evaluate a frozen backbone's patch features with one dense protocol.
+
+    Args:
+        protocol: a registered protocol (:func:`~densessl.evaluation.registry.list_protocols`:
+            ``"linear"``, ``"cluster"``, ``"retrieval"``, ``"unsupervised"``).
+        backbone: a run directory, checkpoint, export, ``"timm:NAME"`` (with ``weights``),
+            ``"random:ARCH"`` / ``"random:RUN_DIR"`` (see
+            :func:`~densessl.evaluation.features.build_extractor`), a ``ViTBackbone`` or any
+            extractor callable ``images -> patches [B, h, w, D]``.
+        dataset: a registered dataset (``"scenes"``, ``"voc"``, ``"cocostuff"``,
+            ``"cocothings"``, ``"ade20k"``).
+        root: dataset folder (``None`` for scenes renders them on the fly).
+        out: write the result as JSON here (folders are created).
+        overrides: ``["epochs=10", "data.num_images=200"]`` strings or a mapping.
+        data: dataset options (``{"num_images": 200}``), same as ``data.*`` overrides.
+        arch / patch_size / which / weights / init_seed: how to load ``backbone``.
+        train_split / val_split: override the protocol's splits (``None``: its defaults).
+        device: where to run (default: CUDA when available, else CPU).
+        progress: tqdm progress bars.
+        verbose: print the result table.
+        **protocol_overrides: protocol settings by name (``seeds=[0]``, ``num_neighbors=10``).
+
+    Returns:
+        ``{"protocol", "settings", "backbone", "dataset", "results", "summary", "seconds",
+        "source", "device", "densessl_version"}``; ``summary`` rows hold ``result``, ``miou``,
+        ``std``, ``matching`` and ``protocol`` (the settings in words).
+
+    Raises:
+        ConfigError: unknown protocol, dataset or setting; a bad value.
+        CheckpointError: the backbone cannot be loaded.
+        FileNotFoundError: dataset files missing (the message names what is expected where).
+    """
+    start = time.perf_counter()
+    spec = get_protocol(protocol)
+    name = spec.name
+    try:
+        key = get_dataset(dataset).name
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    if key not in spec.datasets:
+        raise ConfigError(
+            f"protocol {name!r} does not take dataset {key!r}; it takes {', '.join(spec.datasets)}"
+        )
+    if get_dataset(key).needs_root and root is None:
+        raise ConfigError(f"dataset {dataset!r} needs root (--root DIR): the folder holding it")
+    values: dict[str, Any] = {}
+    if isinstance(overrides, Mapping):
+        values.update(overrides)
+    elif overrides:
+        values.update(parse_overrides(list(overrides)))
+    values.update(protocol_overrides)
+    if data:
+        values["data"] = {**values.get("data", {}), **data}
+    settings, options = _split_overrides(name, key, root, values)
+
+    default_train, default_val = spec.splits(key)
+    splits = (train_split or default_train, val_split or default_val)
+    if train_split is None:  # e.g. Leopart's linear probe on 10% of COCO train2017
+        train_options = {**spec.train_options.get(key, {}), **options}
+    else:
+        train_options = options
+    val = _build_dataset(key, root, splits[1], options)
+    train = None if splits[0] is None else _build_dataset(key, root, splits[0], train_options)
+
+    resolve_protocol(name, key, settings)  # bad values fail before the backbone loads
+    load = {"arch": arch, "patch_size": patch_size, "which": which}
+    extractor, source = _extractor(backbone, {**load, "weights": weights, "seed": init_seed})
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if isinstance(extractor, nn.Module):
+        extractor = extractor.to(device)
+
+    size = _scene_size(val, getattr(extractor, "patch_size", None)) if key == "scenes" else None
+    chosen = resolve_protocol(name, key, settings, size)
+
+    results = jsonable(spec.run(extractor, train, val, chosen, device=device, progress=progress))
+    results.pop("protocol", None)
+    from densessl import __version__
+
+    record: dict[str, Any] = {
+        "protocol": name,
+        "settings": jsonable(dataclasses.asdict(chosen)),
+        "source": spec.source,
+        "backbone": jsonable(source),
+        "dataset": {
+            "name": key,
+            "root": None if root is None else str(root),
+            "train_split": splits[0] if train is not None else None,
+            "val_split": splits[1],
+            "num_train": None if train is None else len(train),
+            "num_val": len(val),
+            "num_classes": int(val.num_classes),
+            "class_names": list(val.class_names),
+            "options": jsonable(options),
+        },
+        "results": results,
+        "device": str(device),
+        "densessl_version": __version__,
+    }
+    record["summary"] = summarize(name, chosen, results)
+    record["seconds"] = round(time.perf_counter() - start, 3)
+    if out is not None:
+        path = Path(out).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+        record["json"] = str(path)
+    if verbose:
+        print(format_table(record), flush=True)
+    return record

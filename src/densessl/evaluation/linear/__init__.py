@@ -1,0 +1,3 @@
+"""Leopart's linear / FCN probe: settings and scoring (:mod:`.probe`), heads and their
+training loop (:mod:`.heads`).
+"""

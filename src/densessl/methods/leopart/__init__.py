@@ -1,0 +1,2 @@
+"""Leopart: the method (:mod:`.method`), its loss (:mod:`.loss`), its helpers and
+its presets (``presets/*.yaml``)."""

@@ -1,0 +1,2 @@
+"""LOCA: the method (:mod:`.method`), its loss (:mod:`.loss`), its helpers and
+its presets (``presets/*.yaml``)."""

@@ -1,0 +1,4 @@
+"""The backbone and what loads it: the timm ViT wrapper (:mod:`.vit`), its attention kernels
+(:mod:`.attention`), checkpoint loading (:mod:`.loading`), official DINO files
+(:mod:`.dino_compat`) and the projection heads (:mod:`.heads`).
+"""

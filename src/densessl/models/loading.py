@@ -1,0 +1,143 @@
+"""Build a :class:`~densessl.models.vit.ViTBackbone` from weights on disk.
+
+* :func:`load_backbone`: a file: an official DINO checkpoint (any of its layouts, see
+  :mod:`densessl.models.dino_compat`) or a densessl training checkpoint (teacher or student);
+* :func:`backbone_from_state`: the same on an already loaded checkpoint object;
+* :func:`load_timm_weights`: strict load of timm-layout weights into a built backbone,
+  resampling the position embedding to its grid.
+
+Every failure is a :class:`~densessl.io.checkpoint.CheckpointError` naming the file, what was
+found and what was expected. Files are read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor
+
+from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
+from densessl.models.dino_compat import (
+    dino_state_dict_to_timm,
+    infer_vit_fields,
+    resample_pos_embed,
+)
+from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone, describe_config
+
+__all__ = ["backbone_from_state", "load_backbone", "load_timm_weights"]
+
+
+def _saved_backbone_fields(state: dict[str, Any]) -> dict[str, Any]:
+    saved = state.get("config", {}).get("backbone", {})
+    names = {f.name for f in dataclasses.fields(BackboneConfig)}
+    return {k: v for k, v in saved.items() if k in names}
+
+
+def load_backbone(
+    path: str | Path,
+    config: BackboneConfig | None = None,
+    *,
+    which: str = "teacher",
+    pos_interp: str | None = None,
+) -> ViTBackbone:
+    """Load a backbone from an official DINO checkpoint (or a densessl training checkpoint).
+
+    Args:
+        path: a ``.pth`` file: a DINO backbone release (``dino_deitsmall16_pretrain.pth``),
+            a full DINO training checkpoint (``student``/``teacher``/``optimizer``/...), a
+            state dict wrapped under ``state_dict``/``model``, or a densessl
+            ``checkpoints/last.pt`` (its EMA-teacher backbone, or the student's).
+        config: the backbone to build. ``None`` infers it from the weights: patch size,
+            width, depth, CLS token, final norm and ``img_size`` (the checkpoint's position
+            grid, so nothing is resampled at load time); ``num_heads`` comes from DINO's
+            standard widths (192/384/768) and any other width needs a config. A densessl
+            checkpoint's own saved backbone config is used instead when present.
+        which: ``"teacher"`` (default) or ``"student"`` network of a training checkpoint.
+        pos_interp: position-embedding resampling; ``None`` means the config's value, or
+            ``"dino"`` when the config is inferred (official features at every input size).
+
+    Returns:
+        The backbone in eval mode on the CPU.
+
+    Raises:
+        CheckpointError: unreadable file, no ViT weights in it, or weights that do not fit
+            ``config``; the message names the file, what was found and what was expected.
+    """
+    path = Path(path)
+    state = load_file(path)  # weights_only=True, CheckpointError naming the file
+    return backbone_from_state(state, path, config, which=which, pos_interp=pos_interp)
+
+
+def backbone_from_state(
+    state: Any,
+    source: str | Path,
+    config: BackboneConfig | None = None,
+    *,
+    which: str = "teacher",
+    pos_interp: str | None = None,
+) -> ViTBackbone:
+    """:func:`load_backbone` on an already loaded checkpoint object (``source`` names it)."""
+    saved: dict[str, Any] = {}
+    try:
+        if isinstance(state, dict) and state.get("format") == FORMAT:
+            weights = training_backbone_weights(state, which)
+            saved = _saved_backbone_fields(state)
+        else:
+            weights = dino_state_dict_to_timm(state, which=which)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{source}: {err}") from err
+    if config is None:
+        try:
+            fields = saved or {**infer_vit_fields(weights), "pos_interp": "dino"}
+            if "num_heads" not in fields:
+                raise ValueError(
+                    f"cannot infer num_heads for embed_dim {fields['embed_dim']} (DINO widths "
+                    "are 192/384/768); pass config=BackboneConfig(embed_dim=..., num_heads=...)"
+                )
+            config = BackboneConfig(**fields)
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{source}: {err}") from err
+    if pos_interp is not None:
+        config = dataclasses.replace(config, pos_interp=pos_interp)
+    backbone = build_backbone(config)
+    load_timm_weights(backbone, weights, source=str(source))
+    return backbone.eval()
+
+
+def load_timm_weights(backbone: ViTBackbone, weights: dict[str, Tensor], source: str) -> None:
+    """Load timm-layout weights strictly, resampling ``pos_embed`` to the backbone's grid.
+
+    Raises:
+        CheckpointError: missing, unexpected or mis-shaped keys (first few of each listed).
+    """
+    model = backbone.model
+    weights = dict(weights)
+    pos = weights.get("pos_embed")
+    if pos is not None and pos.shape != model.pos_embed.shape:
+        prefix = backbone.num_prefix_tokens
+        old = math.isqrt(pos.shape[1] - prefix)
+        if old * old == pos.shape[1] - prefix and pos.shape[-1] == model.pos_embed.shape[-1]:
+            weights["pos_embed"] = resample_pos_embed(
+                pos,
+                tuple(model.patch_embed.grid_size),
+                (old, old),
+                prefix,
+                backbone.config.pos_interp,
+            )
+    own = model.state_dict()
+    shapes = [
+        f"{k}: file {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in weights.items()
+        if k in own and v.shape != own[k].shape
+    ]
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    if shapes or missing or unexpected:
+        raise CheckpointError(
+            f"{source}: weights do not fit the backbone {describe_config(backbone.config)}: "
+            f"shape mismatches {shapes[:4]}, missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    model.load_state_dict(weights, strict=True)

@@ -1,0 +1,52 @@
+"""Warm start: load backbone weights into a method's student and teacher (``--init``).
+
+Accepts a densessl run directory or checkpoint (its EMA-teacher backbone is used) or an
+official DINO checkpoint (backbone-only or full training checkpoint). Heads, prototypes and
+optimiser state start fresh; for an exact continuation of a run use the same ``--out``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
+from densessl.methods.base import Method
+from densessl.models.dino_compat import dino_state_dict_to_timm
+from densessl.models.loading import load_timm_weights
+
+
+def resolve_weights_file(source: str | Path) -> Path:
+    """A run directory means its ``checkpoints/last.pt``; a file is used as is."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        candidate = path / "checkpoints" / "last.pt"
+        if not candidate.is_file():
+            raise CheckpointError(f"{path} is a folder without checkpoints/last.pt")
+        return candidate
+    return path
+
+
+def backbone_weights(source: str | Path) -> dict[str, torch.Tensor]:
+    """timm-layout backbone weights from a densessl checkpoint or an official DINO file."""
+    path = resolve_weights_file(source)
+    state = load_file(path)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        return training_backbone_weights(state, "teacher")
+    try:
+        return dino_state_dict_to_timm(state)
+    except (KeyError, ValueError) as err:
+        raise CheckpointError(f"{path}: {err}") from err
+
+
+def warm_start(method: Method, source: str | Path) -> None:
+    """Load ``source``'s backbone weights into the student and the teacher backbones.
+
+    Loading is strict: weights that do not fit the configured backbone (other depth, width,
+    patch size or CLS token) stop with an error naming the file; position embeddings are
+    resampled to the configured grid.
+    """
+    weights = backbone_weights(source)
+    for backbone in (method.student_backbone(), method.teacher_backbone()):
+        load_timm_weights(backbone, weights, str(source))
