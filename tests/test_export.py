@@ -9,39 +9,16 @@ import pytest
 import timm
 import torch
 
-from densessl.backbone import ViTBackbone
-from densessl.checkpoint import CheckpointError
 from densessl.cli import main
-from densessl.evaluate.features import build_extractor, from_run
+from densessl.evaluation.features import build_extractor, from_run
 from densessl.export import export_backbone, load_export, timm_from_export
-
-#: A 2-step DINO run (tiny preset: patch 8, 64 px; shrunk to 2 blocks of 64-d): seconds on CPU.
-TINY_RUN = [
-    "data.scenes_num_images=32",
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "train.progress=false",
-    "train.precision=fp32",
-    "optim.steps=2",
-    "backbone.depth=2",
-    "backbone.embed_dim=64",
-    "backbone.num_heads=2",
-    "dino.out_dim=128",
-    "dino.hidden_dim=128",
-    "dino.bottleneck_dim=64",
-]
+from densessl.io.checkpoint import CheckpointError
+from densessl.models.vit import ViTBackbone
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from densessl.train import pretrain
-
-    return pretrain(method="dino", out=tmp_path_factory.mktemp("runs") / "dino", overrides=TINY_RUN)
-
-
-@pytest.fixture(scope="module")
-def exported(run, tmp_path_factory):
-    return export_backbone(run, tmp_path_factory.mktemp("export") / "dino-tiny")
+def exported(tiny_run, tmp_path_factory):
+    return export_backbone(tiny_run, tmp_path_factory.mktemp("export") / "dino-tiny")
 
 
 @pytest.fixture
@@ -56,7 +33,7 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket, "create_connection", refuse)
 
 
-def test_export_writes_timm_files_and_metadata(run, exported):
+def test_export_writes_timm_files_and_metadata(tiny_run, exported):
     assert sorted(p.name for p in exported.iterdir()) == [
         "config.json",
         "meta.json",
@@ -75,7 +52,7 @@ def test_export_writes_timm_files_and_metadata(run, exported):
     from safetensors.torch import load_file
 
     weights = load_file(str(exported / "model.safetensors"))
-    teacher = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["backbone"]
+    teacher = torch.load(tiny_run / "checkpoints" / "last.pt", weights_only=True)["backbone"]
     assert weights.keys() == {k.removeprefix("model.") for k in teacher}
     for key, value in teacher.items():
         assert torch.equal(weights[key.removeprefix("model.")], value), key
@@ -83,7 +60,7 @@ def test_export_writes_timm_files_and_metadata(run, exported):
 
 
 @pytest.mark.parametrize("size", [(64, 64), (48, 80)])
-def test_plain_timm_round_trip_gives_same_patch_features(run, exported, no_network, size):
+def test_plain_timm_round_trip_gives_same_patch_features(tiny_run, exported, no_network, size):
     meta = json.loads((exported / "meta.json").read_text())
     model = timm.create_model(
         meta["architecture"],
@@ -92,7 +69,7 @@ def test_plain_timm_round_trip_gives_same_patch_features(run, exported, no_netwo
         **meta["timm_kwargs"],
     ).eval()
     assert tuple(model.patch_embed.patch_size) == (8, 8)
-    ours = from_run(run).model
+    ours = from_run(tiny_run).model
     x = torch.randn(2, 3, *size, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = ours.tokens(x)[1]
@@ -110,19 +87,19 @@ def test_plain_timm_round_trip_gives_same_patch_features(run, exported, no_netwo
         assert (other.reshape(expected.shape) - expected).abs().max() < 1e-5
 
 
-def test_eval_and_load_export_read_it_back(run, exported):
+def test_eval_and_load_export_read_it_back(tiny_run, exported):
     backbone = load_export(exported)
     assert isinstance(backbone, ViTBackbone) and not backbone.training
     extractor = build_extractor(exported)  # what `densessl eval --backbone EXPORT` does
     assert extractor.source["kind"] == "export"
     x = torch.randn(1, 3, 64, 64)
-    expected = from_run(run)(x)
+    expected = from_run(tiny_run)(x)
     assert torch.allclose(extractor(x), expected, atol=1e-6)
     assert torch.allclose(backbone.tokens(x)[1], expected, atol=1e-6)
 
 
-def test_cli_export(run, tmp_path, capsys):
-    assert main(["export", str(run), "--out", str(tmp_path / "e")]) == 0
+def test_cli_export(tiny_run, tmp_path, capsys):
+    assert main(["export", str(tiny_run), "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
     assert "exported" in out and "plain timm matches" in out and "step 2" in out
     assert (tmp_path / "e" / "meta.json").is_file()
@@ -142,19 +119,19 @@ def test_missing_or_unfinished_run_is_a_clear_error(tmp_path, capsys):
         export_backbone("random:vit_tiny", tmp_path / "out")
 
 
-def test_failed_check_leaves_no_meta(run, tmp_path, monkeypatch):
+def test_failed_check_leaves_no_meta(tiny_run, tmp_path, monkeypatch):
     import densessl.export as export
 
-    out = export_backbone(run, tmp_path / "e", verify=False)
+    out = export_backbone(tiny_run, tmp_path / "e", verify=False)
     assert "verified_max_abs_diff" not in json.loads((out / "meta.json").read_text())
     monkeypatch.setattr(export, "_max_difference", lambda *args: 0.5)
     with pytest.raises(CheckpointError, match="export check failed"):
-        export_backbone(run, out)
+        export_backbone(tiny_run, out)
     assert not (out / "meta.json").exists()  # the stale meta.json is gone too
 
 
 def test_export_of_an_official_dino_layout_checkpoint(tmp_path, no_network):
-    from densessl.backbone import BackboneConfig, build_backbone
+    from densessl.models.vit import BackboneConfig, build_backbone
 
     torch.manual_seed(0)
     config = BackboneConfig(arch="vit_tiny", patch_size=16, img_size=32, depth=1)

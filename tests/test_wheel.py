@@ -53,7 +53,7 @@ def test_wheel_ships_every_methods_presets(installed):
 
 
 def test_installed_wheel_pretrains_and_evaluates_outside_the_checkout(installed, tmp_path):
-    wheel, env = installed
+    _, env = installed
     where = _run([sys.executable, "-c", "import densessl; print(densessl.__file__)"], tmp_path, env)
     location = Path(where.stdout.strip()).resolve()
     assert location.is_relative_to(Path(env["PYTHONPATH"]).resolve()), location

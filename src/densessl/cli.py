@@ -100,6 +100,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
+    from densessl.config.presets import list_presets
     from densessl.methods.base import list_methods
 
     methods = list_methods()
@@ -107,6 +108,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for name, cls in methods.items():
         print(f"{name:<{width}}  {cls.description}")
         print(f"{'':<{width}}  paper: {cls.paper}")
+        print(f"{'':<{width}}  presets: {', '.join(list_presets(name))}")
     return 0
 
 

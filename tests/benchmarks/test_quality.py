@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from densessl.methods import list_methods
+from densessl.methods.base import list_methods
+from helpers import BENCHMARKS
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "quality.py"
+SCRIPT = BENCHMARKS / "quality.py"
 DIAGNOSE = SCRIPT.with_name("quality_diagnose.py")
 
 

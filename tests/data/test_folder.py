@@ -15,7 +15,6 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from densessl.data.decode import ImageDecodeError
 from densessl.data.folder import (
     CorruptImageWarning,
     ImageFolderDataset,
@@ -23,6 +22,7 @@ from densessl.data.folder import (
     list_image_files,
     upscale_to_min_size,
 )
+from densessl.io.decode import ImageDecodeError
 
 GOOD = [
     "a_rgb.jpg",

@@ -11,9 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from densessl.data import scene_render
-from densessl.data.scene_shapes import SHAPES
-from densessl.data.scenes import (
+from densessl.data.scenes import render as scene_render
+from densessl.data.scenes.dataset import (
     IGNORE_INDEX,
     SceneConfig,
     SyntheticScenes,
@@ -23,6 +22,7 @@ from densessl.data.scenes import (
     scene_statistics,
     write_scenes,
 )
+from densessl.data.scenes.shapes import SHAPES
 
 CFG = SceneConfig()
 S, T = CFG.num_stuff_classes, CFG.num_thing_classes
@@ -307,7 +307,7 @@ def test_interrupted_write_is_not_complete(tmp_path: Path, monkeypatch):
             raise KeyboardInterrupt
         return scene_render.render_scene(index, seed, config)
 
-    monkeypatch.setattr("densessl.data.scenes.render_scene", failing)
+    monkeypatch.setattr("densessl.data.scenes.dataset.render_scene", failing)
     with pytest.raises(KeyboardInterrupt):
         write_scenes(out, 5, 64, 0, progress=False)
     assert not (out / "classes.json").exists()

@@ -10,20 +10,17 @@ import pytest
 import torch
 from PIL import Image
 
-from densessl.data.ade20k import ADE20K, ADE20K_CLASSES
-from densessl.data.coco import (
+from densessl.data.scenes.dataset import SyntheticScenes, write_scenes
+from densessl.data.segmentation.ade20k import ADE20K, ADE20K_CLASSES
+from densessl.data.segmentation.coco import (
     STUFF_SUPERCATEGORIES,
     THING_SUPERCATEGORIES,
     COCOStuff,
     COCOThings,
 )
-from densessl.data.scenes import SyntheticScenes, write_scenes
-from densessl.data.segmentation import (
-    DATASET_NAMES,
-    SceneFolder,
-    build_segmentation_dataset,
-)
-from densessl.data.voc import VOC_CLASSES, VOCSegmentation
+from densessl.data.segmentation.registry import build_segmentation_dataset, dataset_names
+from densessl.data.segmentation.scene_folder import SceneFolder
+from densessl.data.segmentation.voc import VOC_CLASSES, VOCSegmentation
 
 H, W = 6, 8
 
@@ -280,7 +277,7 @@ def test_scene_folder_class_json_keys_and_errors(tmp_path):
 
 
 def test_factory(tmp_path):
-    assert DATASET_NAMES == ("scenes", "voc", "cocostuff", "cocothings", "ade20k")
+    assert dataset_names() == ("scenes", "voc", "cocostuff", "cocothings", "ade20k")
     train = build_segmentation_dataset("scenes", None, "train", num_images=10, size=64)
     val = build_segmentation_dataset("scenes", None, "val", num_images=10, size=64)
     assert isinstance(train, SyntheticScenes)
@@ -295,8 +292,12 @@ def test_factory(tmp_path):
         build_segmentation_dataset("cityscapes", tmp_path, "train")
 
 
-def test_lazy_reexports():
-    from densessl.data import segmentation
+def test_dataset_registry_records():
+    from densessl.data.segmentation.registry import get_dataset, list_datasets
 
-    assert segmentation.VOCSegmentation is VOCSegmentation
-    assert segmentation.COCOStuff is COCOStuff and segmentation.ADE20K is ADE20K
+    records = list_datasets()
+    assert tuple(records) == dataset_names()
+    for name, record in records.items():
+        assert record.name == name and record.description
+    assert get_dataset("COCO-Stuff") is records["cocostuff"]
+    assert not records["scenes"].needs_root and records["voc"].needs_root

@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densessl.config import ConfigError, DataConfig
-from densessl.data.scenes import write_scenes
+from densessl.config.schema import DataConfig
+from densessl.data.scenes.dataset import write_scenes
 from densessl.data.sources import build_pretrain_images
+from densessl.errors import ConfigError
 
 
 def test_written_scenes_use_only_the_train_split(tmp_path):

@@ -7,29 +7,15 @@ import math
 import pytest
 import torch
 
-from densessl.config import build_run_config
-from densessl.methods import get_method
-from densessl.numerics import clip_gradients_per_parameter
-from densessl.train import Trainer, read_metrics
+from densessl.train.numerics import clip_gradients_per_parameter
+from densessl.train.trainer import Trainer, read_metrics
+from helpers import CPU, VIT_2X64, build_method, head_sizes, learning_config, run_config, scenes
 
-SMALL = [
-    "data.scenes_num_images=64",
-    "data.batch_size=8",
-    "data.num_workers=0",
-    "train.precision=fp32",
-    "train.progress=false",
-    "backbone.depth=2",
-    "backbone.embed_dim=64",
-    "backbone.num_heads=2",
-    "dino.out_dim=64",
-    "dino.hidden_dim=64",
-    "dino.bottleneck_dim=32",
-]
+SMALL = [*scenes(64, 8), *CPU, *VIT_2X64, *head_sizes("dino", 64, 64, 32)]
 
 
 def _method(*extra: str):
-    cfg = build_run_config("dino", get_method("dino").Params, "tiny", [*SMALL, *extra])
-    return get_method("dino")(cfg.params, cfg.backbone, cfg.views), cfg
+    return build_method("dino", *SMALL, *extra)
 
 
 def test_teacher_starts_as_copy_without_grad():
@@ -63,12 +49,7 @@ def test_clip_gradients_per_parameter_is_per_tensor():
 
 def test_last_layer_frozen_during_first_epoch(tmp_path):
     # 64 scenes * 0.8 train / batch 8 = 6 steps per epoch; freeze for 1 epoch, run 2 steps.
-    cfg = build_run_config(
-        "dino",
-        get_method("dino").Params,
-        "tiny",
-        [*SMALL, "optim.steps=2", "optim.warmup_epochs=0"],
-    )
+    cfg = run_config("dino", *SMALL, "optim.steps=2", "optim.warmup_epochs=0")
     trainer = Trainer(cfg, tmp_path / "run")
     before = {n: p.clone() for n, p in trainer.method.student.named_parameters()}
     trainer.fit()
@@ -86,20 +67,7 @@ def test_tiny_preset_learns_on_scenes(tmp_path):
 
     Measured on 2 CPU cores (batch 16): loss ~6.3 over the first 20 steps, ~5.8 at 100.
     """
-    cfg = build_run_config(
-        "dino",
-        get_method("dino").Params,
-        "tiny",
-        [
-            "data.scenes_num_images=400",
-            "data.num_workers=0",
-            "data.batch_size=16",
-            "train.progress=false",
-            "train.log_every=10",
-            "optim.steps=100",
-            "optim.warmup_epochs=0.25",
-        ],
-    )
+    cfg = learning_config("dino", "optim.steps=100", "optim.warmup_epochs=0.25")
     Trainer(cfg, tmp_path / "run").fit()
     records = read_metrics(tmp_path / "run")
     assert [r["step"] for r in records] == list(range(10, 101, 10))

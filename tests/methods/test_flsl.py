@@ -17,50 +17,23 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from densessl.config import ConfigError, build_run_config
-from densessl.flsl_loss import FLSLLoss, nonparametric_attention, volume_kl
-from densessl.flsl_sampling import num_window_samples, window_sample_indices
-from densessl.methods import flsl as flsl_module
-from densessl.methods import get_method
+from densessl.data.views.multicrop import MultiCropViews, ViewsConfig
+from densessl.errors import ConfigError
 from densessl.methods.base import StepInfo
-from densessl.methods.flsl import sincos_pos_embed_2d
-from densessl.schedules import cosine
-from densessl.train import Trainer, read_metrics
-from densessl.views import MultiCropViews, ViewsConfig
+from densessl.methods.flsl import method as flsl_module
+from densessl.methods.flsl.loss import FLSLLoss, nonparametric_attention, volume_kl
+from densessl.methods.flsl.method import sincos_pos_embed_2d
+from densessl.methods.flsl.sampling import num_window_samples, window_sample_indices
+from densessl.ops.schedules import cosine
+from densessl.train.trainer import Trainer, read_metrics
+from helpers import CPU, VIT_2X64, build_method, head_sizes, learning_config, random_crops, scenes
 
-SMALL = [
-    "data.scenes_num_images=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "train.precision=fp32",
-    "train.progress=false",
-    "backbone.depth=2",
-    "backbone.embed_dim=64",
-    "backbone.num_heads=2",
-    "flsl.out_dim=64",
-    "flsl.hidden_dim=64",
-    "flsl.bottleneck_dim=32",
-]
+SMALL = [*scenes(64, 4), *CPU, *VIT_2X64, *head_sizes("flsl", 64, 64, 32)]
 INFO = StepInfo(step=0, total_steps=10, steps_per_epoch=5)
 
 
 def _method(*extra: str):
-    cfg = build_run_config("flsl", get_method("flsl").Params, "tiny", [*SMALL, *extra])
-    return get_method("flsl")(cfg.params, cfg.backbone, cfg.views), cfg
-
-
-def _crops(cfg, batch: int = 3, seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(batch, 3, s, s, generator=gen) for s in cfg.views.view_sizes()]
-
-
-@pytest.fixture
-def single_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads oversubscribe and run ~5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return build_method("flsl", *SMALL, *extra)
 
 
 # ----------------------------------------------------------------------- sampling windows
@@ -374,7 +347,7 @@ def test_config_requirements():
 
 def test_loss_shapes_finite_and_gradients(single_thread):
     method, cfg = _method()
-    crops = _crops(cfg, batch=3)
+    crops = random_crops(cfg, batch=3)
     rows = {}
     method.student.head.register_forward_hook(lambda m, i, o: rows.__setitem__("s", o.shape))
     out = method.loss({"crops": crops}, INFO)
@@ -404,7 +377,7 @@ def test_each_term_reaches_the_backbone(single_thread):
         ["flsl.meanshift_weight=0", "flsl.kmeans_weight=0"],
     ):
         method, cfg = _method(*extra)
-        method.loss({"crops": _crops(cfg, batch=2)}, INFO)["loss"].backward()
+        method.loss({"crops": random_crops(cfg, batch=2)}, INFO)["loss"].backward()
         grad = method.student.backbone.model.blocks[-1].mlp.fc2.weight.grad
         assert grad is not None and grad.abs().sum() > 0, extra
 
@@ -453,19 +426,7 @@ def test_tiny_preset_learns_on_scenes(tmp_path, single_thread):
     0.155 → 0.047, mean-assignment entropy 5.39 → 5.50, 22-24 prototypes are the teacher's
     argmax, teacher entropy ~3.4, mean-shift loss 0.24 → 0.23.
     """
-    cfg = build_run_config(
-        "flsl",
-        get_method("flsl").Params,
-        "tiny",
-        [
-            "data.scenes_num_images=400",
-            "data.num_workers=0",
-            "data.batch_size=16",
-            "train.progress=false",
-            "train.log_every=10",
-            "optim.warmup_epochs=0.25",
-        ],
-    )
+    cfg = learning_config("flsl", "optim.warmup_epochs=0.25")
     run = tmp_path / "run"
     Trainer(cfg, run).fit(stop_at=60)
     records = read_metrics(run)

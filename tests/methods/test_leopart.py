@@ -19,25 +19,20 @@ import pytest
 import torch
 from scipy import ndimage
 
-from densessl.config import ConfigError, build_run_config
-from densessl.geometry import box_intersection, patch_centers
-from densessl.leopart_foreground import attention_foreground, remove_small_components
-from densessl.leopart_loss import EmbeddingQueue, align_to_intersection, leopart_loss
-from densessl.methods import get_method
-from densessl.methods.base import StepInfo
-from densessl.methods.leopart import ViewOutputs
-from densessl.sinkhorn import sinkhorn_knopp
-from densessl.train import Trainer, read_metrics
+from densessl.errors import ConfigError
+from densessl.methods.base import StepInfo, get_method
+from densessl.methods.leopart.loss import EmbeddingQueue, align_to_intersection, leopart_loss
+from densessl.methods.leopart.method import ViewOutputs
+from densessl.ops.attention_foreground import attention_foreground, remove_small_components
+from densessl.ops.geometry import box_intersection, patch_centers
+from densessl.ops.sinkhorn import sinkhorn_knopp
+from densessl.train.trainer import Trainer, read_metrics
+from helpers import CPU, VIT_2X64, build_method, head_sizes, run_config, scenes, view_batch
 
 SMALL = [
-    "data.scenes_num_images=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "train.precision=fp32",
-    "train.progress=false",
-    "backbone.depth=2",
-    "backbone.embed_dim=64",
-    "backbone.num_heads=2",
+    *scenes(64, 4),
+    *CPU,
+    *VIT_2X64,
     "leopart.num_prototypes=16",
     "leopart.projection_dim=16",
     "leopart.hidden_dim=32",
@@ -79,35 +74,15 @@ PINNED_RANDOM_FG_BITS = [
 ]
 
 
-@pytest.fixture
-def single_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads oversubscribe and run ~5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _method(*extra: str):
-    cfg = build_run_config("leopart", get_method("leopart").Params, "tiny", [*SMALL, *extra])
-    return get_method("leopart")(cfg.params, cfg.backbone, cfg.views), cfg
+    return build_method("leopart", *SMALL, *extra)
 
 
 def _batch(cfg, batch: int = 3, seed: int = 0) -> dict:
-    """Random crops with consistent boxes (views sampled from a 96 px image)."""
-    from densessl.views import MultiCropViews
-
+    """Random crops with consistent boxes (views sampled from one 96 px image)."""
     gen = torch.Generator().manual_seed(seed)
-    views = MultiCropViews(cfg.views)
     image = (torch.rand(3, 96, 96, generator=gen) * 255).to(torch.uint8)
-    samples = [views(image, torch.Generator().manual_seed(seed + i)) for i in range(batch)]
-    return {
-        "crops": [
-            torch.stack([s["crops"][v] for s in samples]) for v in range(cfg.views.num_views)
-        ],
-        "boxes": torch.stack([s["boxes"] for s in samples]),
-        "flips": torch.stack([s["flips"] for s in samples]),
-    }
+    return view_batch(cfg, [image] * batch, seed)
 
 
 # ------------------------------------------------------------------- parity with the code
@@ -206,7 +181,7 @@ def test_queue_is_not_used_until_full():
     ("flip_a", "flip_b"), [(False, False), (True, False), (False, True), (True, True)]
 )
 def test_coordinate_features_agree_through_the_alignment_path(flip_a, flip_b):
-    """The foundation's coordinate test (tests/test_geometry.py), through Leopart's
+    """The foundation's coordinate test (tests/ops/test_geometry.py), through Leopart's
     ``align_to_intersection``: a global crop (14x14 tokens) and a local one (6x6) resample
     their intersection onto 7x7 cells that hold the same image coordinates."""
     box_a = torch.tensor([[30.0, 40.0, 230.0, 200.0]])
@@ -442,15 +417,13 @@ def test_config_validation():
         _method("leopart.queue_prototypes=both")
     with pytest.raises(ConfigError, match="temperature"):
         _method("leopart.temperature=0")
-    cfg = build_run_config(
-        "leopart", get_method("leopart").Params, "tiny", [*SMALL, "backbone.cls_token=false"]
-    )
+    cfg = run_config("leopart", *SMALL, "backbone.cls_token=false")
     with pytest.raises(ValueError, match="CLS token"):
         get_method("leopart")(cfg.params, cfg.backbone, cfg.views)
 
 
 def test_presets_follow_the_paper_recipe():
-    cfg = build_run_config("leopart", get_method("leopart").Params, "paper")
+    cfg = run_config("leopart", preset="paper")
     p, o, v = cfg.params, cfg.optim, cfg.views
     assert (p.num_prototypes, p.projection_dim, p.hidden_dim, p.num_layers) == (300, 256, 2048, 3)
     assert (p.temperature, p.epsilon, p.sinkhorn_iterations, p.queue_length) == (0.1, 0.05, 3, 8192)
@@ -461,33 +434,25 @@ def test_presets_follow_the_paper_recipe():
     assert (o.momentum_teacher, o.momentum_teacher_end, o.epochs) == (0.9995, 1.0, 50)
     assert (v.num_global, v.global_size, v.num_local, v.local_size) == (2, 224, 4, 96)
     assert v.flip_prob == 0.0 and v.min_overlap == 0.01 and v.interpolation == "bilinear"
-    tiny = build_run_config("leopart", get_method("leopart").Params, "tiny")
+    tiny = run_config("leopart")
     assert tiny.views.flip_prob == 0.0 and tiny.views.min_overlap > 0
     assert tiny.params.loss_mask == "all"  # from scratch there is no useful attention
-    dino_tiny = build_run_config("dino", get_method("dino").Params, "tiny")
+    dino_tiny = run_config("dino")
     assert tiny.backbone == dino_tiny.backbone  # so --init can take a DINO tiny run
 
 
 # ------------------------------------------------------------------- warm start
 def test_warm_start_from_a_densessl_dino_run(tmp_path, single_thread):
-    dino_cfg = build_run_config(
+    dino_cfg = run_config(
         "dino",
-        get_method("dino").Params,
-        "tiny",
-        [
-            *[o for o in SMALL if not o.startswith("leopart.")],
-            "dino.out_dim=32",
-            "dino.hidden_dim=32",
-            "dino.bottleneck_dim=16",
-            "optim.steps=1",
-        ],
+        *[o for o in SMALL if not o.startswith("leopart.")],
+        *head_sizes("dino", 32, 32, 16),
+        "optim.steps=1",
     )
     source = Trainer(dino_cfg, tmp_path / "dino")
     source.fit()
     expected = source.method.teacher_backbone().state_dict()
-    cfg = build_run_config(
-        "leopart", get_method("leopart").Params, "tiny", [*SMALL, "leopart.loss_mask=fg"]
-    )
+    cfg = run_config("leopart", *SMALL, "leopart.loss_mask=fg")
     trainer = Trainer(cfg, tmp_path / "leopart", init=str(tmp_path / "dino"))
     for backbone in (trainer.method.student_backbone(), trainer.method.teacher_backbone()):
         got = backbone.state_dict()
@@ -511,7 +476,7 @@ def test_warm_start_from_an_official_dino_full_checkpoint(tmp_path):
     teacher["head.mlp.0.weight"] = torch.zeros(4, 4)  # dropped by the loader
     student = {k: torch.zeros_like(v) for k, v in teacher.items()}
     torch.save({"teacher": teacher, "student": student, "epoch": 100}, tmp_path / "full.pth")
-    from densessl.warm_start import warm_start
+    from densessl.train.warm_start import warm_start
 
     warm_start(method, tmp_path / "full.pth")
     expected = source.teacher.backbone.state_dict()
@@ -530,18 +495,7 @@ def test_tiny_preset_learns_on_scenes(tmp_path, single_thread):
     is full from step 7 (2048 rows, 320 per step). In 100-step trials the loss kept falling
     (4.21 at 60) with 98% of the prototypes in use.
     """
-    cfg = build_run_config(
-        "leopart",
-        get_method("leopart").Params,
-        "tiny",
-        [
-            "data.scenes_num_images=128",
-            "data.num_workers=0",
-            "train.precision=fp32",
-            "train.progress=false",
-            "train.log_every=10",
-        ],
-    )
+    cfg = run_config("leopart", "data.scenes_num_images=128", *CPU, "train.log_every=10")
     run = tmp_path / "leopart"
     Trainer(cfg, run).fit(stop_at=30)
     records = read_metrics(run)

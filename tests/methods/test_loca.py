@@ -24,32 +24,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from densessl.backbone import BackboneConfig
-from densessl.config import ConfigError, build_run_config
-from densessl.dino_checkpoint import resample_pos_embed
-from densessl.geometry import patch_centers, relative_position_labels
-from densessl.loca_loss import LOCALoss, loca_sinkhorn
-from densessl.loca_positions import (
+from densessl.errors import ConfigError
+from densessl.methods.base import StepInfo, get_method
+from densessl.methods.loca.loss import LOCALoss, loca_sinkhorn
+from densessl.methods.loca.positions import (
     kept_token_indices,
     keyed_token_indices,
     loca_position_labels,
 )
-from densessl.methods import get_method
-from densessl.methods.base import StepInfo
-from densessl.train import Trainer, read_metrics
-from densessl.views import MultiCropViews
+from densessl.models.dino_compat import resample_pos_embed
+from densessl.models.vit import BackboneConfig
+from densessl.ops.geometry import patch_centers, relative_position_labels
+from densessl.train.trainer import Trainer, read_metrics
+from helpers import CPU, VIT_2X64, build_method, head_sizes, learning_config, scenes, view_batch
 
 SCENIC = "google-research/scenic@4a38d475ee89cb821078c0e2bf2065ee030e1535"
 INFO = StepInfo(step=0, total_steps=10, steps_per_epoch=5)
-
-
-@pytest.fixture
-def single_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads oversubscribe and run ~5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _box(y: int, x: int, h: int, w: int) -> torch.Tensor:
@@ -112,7 +102,7 @@ def test_official_rule_equals_the_official_target_maps():
 
 def _index_map_labels(image_hw, ref, grid, query, size, q_grid, flip) -> torch.Tensor:
     """Brute force: the official pipeline as image-sized index maps and half-pixel nearest
-    resizes (``nearest-exact``), independent of :mod:`densessl.loca_positions`."""
+    resizes (``nearest-exact``), independent of :mod:`densessl.methods.loca.positions`."""
     x1, y1, x2, y2 = ref
     cells = torch.arange(grid * grid, dtype=torch.float32).reshape(1, 1, grid, grid)
     full = torch.full(image_hw, -1.0)
@@ -148,7 +138,7 @@ def test_official_rule_equals_a_brute_force_index_map_on_random_crops():
 
 
 def test_labels_agree_with_the_geometry_toolkit():
-    """Both rules against densessl.geometry on random integer crops (image borders, flips of
+    """Both rules against densessl.ops.geometry on random integer crops (image borders, flips of
     either view, any patch size and resolution). ``centre`` is the toolkit's
     ``relative_position_labels``. ``official`` reads the pixel under the centre of the output
     pixel at the patch centre's bottom-right: at most ``d = (crop side / S) / 2 + 1/2``
@@ -410,41 +400,19 @@ def test_bilinear_position_embedding_resize_equals_jax():
 
 
 # ----------------------------------------------------------------------- the method
-SMALL = [
-    "data.scenes_num_images=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "train.precision=fp32",
-    "train.progress=false",
-    "backbone.depth=2",
-    "backbone.embed_dim=64",
-    "backbone.num_heads=2",
-    "loca.out_dim=32",
-    "loca.hidden_dim=64",
-    "loca.bottleneck_dim=32",
-]
+SMALL = [*scenes(64, 4), *CPU, *VIT_2X64, *head_sizes("loca", 32, 64, 32)]
 
 
 def _method(*extra: str):
-    cfg = build_run_config("loca", get_method("loca").Params, "tiny", [*SMALL, *extra])
-    return get_method("loca")(cfg.params, cfg.backbone, cfg.views), cfg
+    return build_method("loca", *SMALL, *extra)
 
 
 def _batch(cfg, batch: int = 3, seed: int = 0) -> dict:
+    """The views of ``batch`` random 96 px images."""
     gen = torch.Generator().manual_seed(seed)
-    views = MultiCropViews(cfg.views)
     images = [torch.randint(0, 256, (3, 96, 96), dtype=torch.uint8, generator=gen)
               for _ in range(batch)]  # fmt: skip
-    samples = [
-        views(image, torch.Generator().manual_seed(seed + i)) for i, image in enumerate(images)
-    ]
-    return {
-        "crops": [
-            torch.stack([s["crops"][v] for s in samples]) for v in range(cfg.views.num_views)
-        ],
-        "boxes": torch.stack([s["boxes"] for s in samples]),
-        "flips": torch.stack([s["flips"] for s in samples]),
-    }
+    return view_batch(cfg, images, seed)
 
 
 def test_step_shapes_labels_and_gradients(single_thread):
@@ -553,18 +521,7 @@ def test_tiny_preset_learns_positions_without_collapse(tmp_path, single_thread):
     (batch 32, 600 steps) reaches 3.6-4.0% (2.3-2.6x chance), position loss 4.58 → 3.89,
     mean-assignment entropy 5.53 of ln 256 = 5.55, ~225 of 256 prototypes in the targets.
     """
-    cfg = build_run_config(
-        "loca",
-        get_method("loca").Params,
-        "tiny",
-        [
-            "data.scenes_num_images=400",
-            "data.num_workers=0",
-            "data.batch_size=16",
-            "train.progress=false",
-            "train.log_every=10",
-        ],
-    )
+    cfg = learning_config("loca")
     run = tmp_path / "run"
     Trainer(cfg, run).fit(stop_at=TINY_STEPS)
     records = read_metrics(run)

@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from densessl.config import build_run_config
-from densessl.methods import list_methods
-from densessl.train import Trainer, read_metrics
+from densessl.methods.base import list_methods
+from densessl.train.trainer import Trainer, read_metrics
+from helpers import run_config
 
 METHODS = sorted(list_methods())
 
@@ -20,28 +20,16 @@ def test_method_metadata(name):
 
 
 @pytest.mark.parametrize("name", METHODS)
-@pytest.mark.parametrize("preset", ["tiny", "paper"])
+@pytest.mark.parametrize("preset", ["tiny", "paper", "smoke"])
 def test_presets_resolve(name, preset):
-    cfg = build_run_config(name, list_methods()[name].Params, preset)
+    cfg = run_config(name, preset=preset)
     assert cfg.method == name
 
 
 @pytest.mark.parametrize("name", METHODS)
 def test_smoke_step(name, tmp_path):
-    cfg = build_run_config(
-        name,
-        list_methods()[name].Params,
-        "tiny",
-        [
-            "data.scenes_num_images=40",
-            "data.batch_size=4",
-            "data.num_workers=0",
-            "train.progress=false",
-            "train.log_every=1",
-            "optim.steps=2",
-            "backbone.depth=1",
-        ],
-    )
+    overrides = ["train.progress=false", "train.log_every=1", "optim.steps=2"]
+    cfg = run_config(name, *overrides, preset="smoke")
     Trainer(cfg, tmp_path / name).fit()
     records = read_metrics(tmp_path / name)
     assert [r["step"] for r in records] == [1, 2]

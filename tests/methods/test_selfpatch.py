@@ -13,49 +13,25 @@ import math
 import pytest
 import torch
 
-from densessl.config import ConfigError, build_run_config
-from densessl.methods import get_method
+from densessl.errors import ConfigError
 from densessl.methods.base import StepInfo
-from densessl.methods.selfpatch import SelfPatchLoss
-from densessl.selfpatch_aggregation import ClassAttentionHead, select_neighbours
-from densessl.train import Trainer, read_metrics
+from densessl.methods.selfpatch.aggregation import ClassAttentionHead, select_neighbours
+from densessl.methods.selfpatch.method import SelfPatchLoss
+from densessl.train.trainer import Trainer, read_metrics
+from helpers import CPU, VIT_2X64, build_method, head_sizes, learning_config, random_crops, scenes
 
 SMALL = [
-    "data.scenes_num_images=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "train.precision=fp32",
-    "train.progress=false",
-    "backbone.depth=2",
-    "backbone.embed_dim=64",
-    "backbone.num_heads=2",
-    "selfpatch.out_dim=64",
+    *scenes(64, 4),
+    *CPU,
+    *VIT_2X64,
+    *head_sizes("selfpatch", 64, 64, 32),
     "selfpatch.patch_out_dim=32",
-    "selfpatch.hidden_dim=64",
-    "selfpatch.bottleneck_dim=32",
 ]
 INFO = StepInfo(step=0, total_steps=10, steps_per_epoch=5)
 
 
 def _method(*extra: str):
-    cfg = build_run_config("selfpatch", get_method("selfpatch").Params, "tiny", [*SMALL, *extra])
-    return get_method("selfpatch")(cfg.params, cfg.backbone, cfg.views), cfg
-
-
-def _crops(cfg, batch: int = 3, seed: int = 0) -> list[torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    views = cfg.views
-    sizes = [views.global_size] * views.num_global + [views.local_size] * views.num_local
-    return [torch.randn(batch, 3, s, s, generator=gen) for s in sizes]
-
-
-@pytest.fixture
-def single_thread():
-    """One intra-op thread: on 2 shared cores, 2 threads oversubscribe and run ~5-10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+    return build_method("selfpatch", *SMALL, *extra)
 
 
 # ----------------------------------------------------------------------- positive matching
@@ -275,7 +251,7 @@ def test_teacher_copy_and_architecture():
 
 def test_loss_shapes_finite_and_gradients(single_thread):
     method, cfg = _method()
-    crops = _crops(cfg)
+    crops = random_crops(cfg)
     with torch.no_grad():
         teacher = method.teacher.forward_views(crops, aggregate=True)
     assert [t.shape for t in teacher.image] == [(3, 64)] * 4
@@ -310,7 +286,7 @@ def test_patch_loss_alone_skips_the_class_attention(single_thread):
     """The student's patch predictions come from its own patches: only the image loss trains
     the class-attention blocks (as in the official code)."""
     method, cfg = _method("selfpatch.patch_loss_weight=0")
-    crops = _crops(cfg)
+    crops = random_crops(cfg)
     with torch.no_grad():
         teacher = method.teacher.forward_views(crops, aggregate=True)
     student = method.student.forward_views(crops)
@@ -326,7 +302,7 @@ def test_patch_loss_alone_skips_the_class_attention(single_thread):
 
 def test_patch_centre_follows_all_teacher_tokens(single_thread):
     method, cfg = _method()
-    crops = _crops(cfg)
+    crops = random_crops(cfg)
     with torch.no_grad():
         teacher = method.teacher.forward_views(crops, aggregate=True)
     method.loss({"crops": crops}, INFO)
@@ -339,7 +315,7 @@ def test_patch_centre_follows_all_teacher_tokens(single_thread):
 
 def test_teacher_views_global_option(single_thread):
     method, cfg = _method("selfpatch.teacher_views=global", "selfpatch.image_center_views=global")
-    crops = _crops(cfg)
+    crops = random_crops(cfg)
     seen = []
     embed = method.teacher.backbone.model.patch_embed
     handle = embed.register_forward_hook(lambda m, i, o: seen.append(i[0]))
@@ -372,19 +348,7 @@ def test_tiny_preset_learns_on_scenes_and_evaluates(tmp_path, single_thread):
     """
     import densessl
 
-    cfg = build_run_config(
-        "selfpatch",
-        get_method("selfpatch").Params,
-        "tiny",
-        [
-            "data.scenes_num_images=400",
-            "data.num_workers=0",
-            "data.batch_size=16",
-            "train.progress=false",
-            "train.log_every=10",
-            "optim.warmup_epochs=0.25",
-        ],
-    )
+    cfg = learning_config("selfpatch", "optim.warmup_epochs=0.25")
     run = tmp_path / "run"
     Trainer(cfg, run).fit(stop_at=70)
     records = read_metrics(run)

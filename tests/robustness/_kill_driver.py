@@ -27,38 +27,19 @@ from pathlib import Path
 import torch
 
 torch.set_num_threads(1)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for helpers
 
-from densessl.checkpoint import load_training_state  # noqa: E402
-from densessl.config import build_run_config  # noqa: E402
-from densessl.methods import get_method  # noqa: E402
-from densessl.train import Trainer, read_metrics  # noqa: E402
+from densessl.io.checkpoint import load_training_state  # noqa: E402
+from densessl.train.trainer import Trainer, read_metrics  # noqa: E402
+from helpers import robust_config  # noqa: E402
 
 STEPS = 200  # far more than the random kills below can get through (they end ~0.5 s of training)
-TINY = [
-    "data.scenes_num_images=16",
-    "data.scenes_size=64",
-    "data.batch_size=4",
-    "data.num_workers=0",
-    "train.precision=fp32",
-    "train.progress=false",
-    "train.log_every=1",
-    "train.checkpoint_every=1",  # a write every step: random kills often land in one
-    "backbone.depth=1",
-    "backbone.embed_dim=32",
-    "backbone.num_heads=2",
-    "dino.out_dim=32",
-    "dino.hidden_dim=32",
-    "dino.bottleneck_dim=16",
-    "views.global_size=32",
-    "views.local_size=16",
-    "views.num_local=2",
-    "optim.warmup_epochs=0.5",
-    f"optim.steps={STEPS}",
-]
 
 
 def _config():
-    return build_run_config("dino", get_method("dino").Params, "tiny", TINY)
+    """The robustness tests' tiny run, writing a checkpoint every step (random kills often
+    land in one)."""
+    return robust_config("train.checkpoint_every=1", f"optim.steps={STEPS}")
 
 
 def _self_kill() -> None:
@@ -69,7 +50,7 @@ def _child(out: Path, sabotage: str | None) -> None:
     """Train (resuming) in this forked process; never returns."""
     try:
         if sabotage is not None:
-            import densessl.checkpoint as ckpt
+            import densessl.io.checkpoint as ckpt
 
             calls = {"n": 0}
             if sabotage == "torch.save":

@@ -1,11 +1,11 @@
 """Config and CLI: impossible values, missing paths and bad outputs stop before any training
 step, with an error naming the key (or path) and the fix; the CLI exits with code 2.
 
-Already covered elsewhere: ``tests/test_config.py::test_bad_overrides_name_the_key``
-(unknown keys, wrong types, local crop larger than global), ``tests/test_views.py``
+Already covered elsewhere: ``tests/config/test_config.py::test_bad_overrides_name_the_key``
+(unknown keys, wrong types, local crop larger than global), ``tests/data/test_views.py``
 (``test_views_config_validation``; ``test_tiny_image_upsamples_into_crops``: a crop larger
 than the image is upsampled, as torchvision's RandomResizedCrop does — not an error),
-``tests/test_train.py::test_out_that_is_a_file_is_refused``.
+``tests/train/test_trainer.py::test_out_that_is_a_file_is_refused``.
 """
 
 from __future__ import annotations
@@ -15,12 +15,10 @@ import torch
 from torch import nn
 
 from densessl.cli import main
-from densessl.config import ConfigError, build_run_config
-from densessl.evaluate.overcluster import OverclusterProtocol, evaluate_overclustering
-from densessl.methods import get_method
-from densessl.train import Trainer
-
-from .helpers import TINY, tiny_config
+from densessl.errors import ConfigError
+from densessl.evaluation.overcluster import OverclusterProtocol, evaluate_overclustering
+from densessl.train.trainer import Trainer
+from helpers import ROBUST_RUN, robust_config, run_config
 
 
 @pytest.mark.parametrize(
@@ -45,16 +43,13 @@ from .helpers import TINY, tiny_config
 )
 def test_impossible_values_name_the_key(override, match):
     with pytest.raises(ConfigError, match=match):
-        tiny_config(override)
+        robust_config(override)
 
 
 def test_grid_smaller_than_the_method_needs_names_the_key(tmp_path):
     """SelfPatch's neighbour search needs >= 3x3 tokens; 16 px crops at patch 8 give 2x2."""
-    cfg = build_run_config(
-        "selfpatch",
-        get_method("selfpatch").Params,
-        "tiny",
-        ["views.global_size=16", "views.local_size=16", "data.num_workers=0"],
+    cfg = run_config(
+        "selfpatch", "views.global_size=16", "views.local_size=16", "data.num_workers=0"
     )
     with pytest.raises(ConfigError, match=r"views\.global_size=16 .* 2x2"):
         Trainer(cfg, tmp_path / "run")
@@ -63,14 +58,14 @@ def test_grid_smaller_than_the_method_needs_names_the_key(tmp_path):
 
 def test_scene_size_out_of_range_names_the_key(tmp_path):
     with pytest.raises(ConfigError, match=r"data\.scenes_size=32"):
-        Trainer(tiny_config("data.scenes_size=32"), tmp_path / "run")
+        Trainer(robust_config("data.scenes_size=32"), tmp_path / "run")
 
 
 def test_fewer_images_than_a_batch_names_the_key(tmp_path):
     with pytest.raises(
         ConfigError, match=r"data\.batch_size: \d+ images is fewer than one global batch \(32\)"
     ):
-        Trainer(tiny_config("data.batch_size=32"), tmp_path / "run")
+        Trainer(robust_config("data.batch_size=32"), tmp_path / "run")
 
 
 class _NeverCalled(nn.Module):
@@ -128,7 +123,7 @@ def test_cli_errors_exit_2_before_training(tmp_path, capsys, args, match):
         args = [a.replace(key, str(path)) for a in args]
         match = match.replace(key, str(path))
     out = tmp_path / "run"
-    code = main([*_pretrain(out, *[a for a in TINY if "num_workers" in a]), *args])
+    code = main([*_pretrain(out, *[a for a in ROBUST_RUN if "num_workers" in a]), *args])
     err = capsys.readouterr().err
     assert code == 2, err
     assert err.startswith("densessl: error: ") and match in err

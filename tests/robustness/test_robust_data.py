@@ -1,7 +1,7 @@
 """Data: odd files are skipped with one counted warning naming them (or, with
 ``data.on_corrupt=raise``, an error naming the file); training never crashes mid-epoch.
 
-Already covered elsewhere (not repeated): ``tests/data/test_decode.py`` (CMYK JPEG, animated
+Already covered elsewhere (not repeated): ``tests/io/test_decode.py`` (CMYK JPEG, animated
 GIF / WebP first frame, 16-bit PNG, 1x1 PNG, zero-byte, text named .png, truncated JPEG,
 decompression bomb refused from the header), ``tests/data/test_folder.py`` (a folder of all
 of them: counted warning, deterministic substitution, symlink-loop directories, unreadable
@@ -20,12 +20,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from densessl.checkpoint import load_training_state
-from densessl.data.decode import ImageDecodeError
 from densessl.data.folder import CorruptImageWarning, ImageFolderDataset
-from densessl.train import Trainer
-
-from .helpers import tiny_config
+from densessl.io.checkpoint import load_training_state
+from densessl.io.decode import ImageDecodeError
+from densessl.train.trainer import Trainer
+from helpers import robust_config
 
 
 def _deny_reading(monkeypatch, path: Path) -> None:
@@ -109,7 +108,7 @@ def test_training_over_a_folder_of_odd_images_never_crashes(tmp_path):
     """1x1, 16-bit, CMYK, animated, alpha images train; bad files are skipped or
     substituted, with one counted warning, across whole epochs."""
     folder = _odd_training_folder(tmp_path / "odd")
-    cfg = tiny_config(f"data.path={folder}", "optim.steps=4", "train.checkpoint_every=4")
+    cfg = robust_config(f"data.path={folder}", "optim.steps=4", "train.checkpoint_every=4")
     with warnings.catch_warnings(record=True) as rec:
         warnings.simplefilter("always")
         trainer = Trainer(cfg, tmp_path / "run")

@@ -1,9 +1,9 @@
 """Interrupted runs: SIGKILL at any moment (also mid checkpoint write), disk full, torn logs.
 
-Already covered elsewhere (not repeated here): ``tests/test_train.py`` —
+Already covered elsewhere (not repeated here): ``tests/train/test_trainer.py`` —
 ``test_sigkill_then_resume_matches_a_straight_run`` (CLI process killed between periodic
 checkpoints), ``test_resume_is_bitwise_exact`` (stop and resume in process),
-``test_resume_with_different_config_is_refused``; ``tests/test_checkpoint.py`` —
+``test_resume_with_different_config_is_refused``; ``tests/io/test_checkpoint.py`` —
 ``test_failed_write_keeps_previous_checkpoint`` (disk full inside ``save_atomic``).
 """
 
@@ -19,11 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from densessl.checkpoint import load_training_state
-from densessl.run_dir import RunDirectory
-from densessl.train import Trainer
-
-from .helpers import tiny_config
+from densessl.io.checkpoint import load_training_state
+from densessl.train.run_dir import RunDirectory
+from densessl.train.trainer import Trainer
+from helpers import robust_config
 
 DRIVER = Path(__file__).with_name("_kill_driver.py")
 
@@ -62,9 +61,9 @@ def test_sigkill_at_random_moments_and_mid_write_then_resume_equals_straight_run
 
 
 def test_disk_full_during_training_checkpoint_keeps_previous(tmp_path, monkeypatch):
-    import densessl.checkpoint as ckpt
+    import densessl.io.checkpoint as ckpt
 
-    trainer = Trainer(tiny_config("optim.steps=6", "train.checkpoint_every=2"), tmp_path / "r")
+    trainer = Trainer(robust_config("optim.steps=6", "train.checkpoint_every=2"), tmp_path / "r")
     real_save = torch.save
     calls = {"n": 0}
 
@@ -82,7 +81,7 @@ def test_disk_full_during_training_checkpoint_keeps_previous(tmp_path, monkeypat
     assert state["step"] == 2
     assert list((tmp_path / "r" / "checkpoints").glob(".*.tmp")) == []
     monkeypatch.setattr(ckpt.torch, "save", real_save)
-    Trainer(tiny_config("optim.steps=6", "train.checkpoint_every=2"), tmp_path / "r").fit()
+    Trainer(robust_config("optim.steps=6", "train.checkpoint_every=2"), tmp_path / "r").fit()
     assert load_training_state(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 6
 
 

@@ -1,7 +1,7 @@
 """Numerics: NaN/inf in the loss or the gradients stops the run, naming the step; the last
 good checkpoint is kept. fp16 overflows are absorbed by the grad scaler.
 
-Already covered elsewhere: ``tests/test_train.py``,
+Already covered elsewhere: ``tests/train/test_trainer.py``,
 ``test_nan_loss_stops_and_keeps_last_good_checkpoint`` (NaN total loss on CPU).
 """
 
@@ -10,11 +10,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from densessl.checkpoint import load_training_state
-from densessl.numerics import NonFiniteLossError
-from densessl.train import Trainer
-
-from .helpers import tiny_config
+from densessl.io.checkpoint import load_training_state
+from densessl.train.numerics import NonFiniteLossError
+from densessl.train.trainer import Trainer
+from helpers import robust_config
 
 
 def _poison_grad_at(trainer: Trainer, step: int, value: float) -> str:
@@ -44,7 +43,7 @@ def _all_finite(state: dict) -> bool:
 
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_nonfinite_gradient_stops_naming_step_and_parameter(tmp_path, value):
-    trainer = Trainer(tiny_config("optim.steps=8", "train.checkpoint_every=2"), tmp_path / "r")
+    trainer = Trainer(robust_config("optim.steps=8", "train.checkpoint_every=2"), tmp_path / "r")
     name = _poison_grad_at(trainer, 5, value)
     with pytest.raises(NonFiniteLossError, match=r"non-finite gradients at step 5") as info:
         trainer.fit()
@@ -57,7 +56,7 @@ def test_nonfinite_gradient_without_per_step_sync_is_caught_at_save(tmp_path):
     """The GPU path (no host sync per step): the first bad step is remembered on the device
     and no checkpoint is written after it."""
     trainer = Trainer(
-        tiny_config("optim.steps=8", "train.checkpoint_every=4", "train.log_every=4"),
+        robust_config("optim.steps=8", "train.checkpoint_every=4", "train.log_every=4"),
         tmp_path / "r",
     )
     trainer.sync_checks = False
@@ -69,7 +68,7 @@ def test_nonfinite_gradient_without_per_step_sync_is_caught_at_save(tmp_path):
 
 
 def test_inf_in_one_loss_term_names_the_term(tmp_path, monkeypatch):
-    trainer = Trainer(tiny_config("optim.steps=6", "train.checkpoint_every=2"), tmp_path / "r")
+    trainer = Trainer(robust_config("optim.steps=6", "train.checkpoint_every=2"), tmp_path / "r")
     original = trainer.method.loss
 
     def poisoned(batch, info):
@@ -90,7 +89,7 @@ def test_grad_scaler_skips_overflowing_step_and_continues(tmp_path):
     """fp16 needs CUDA (``train.precision=fp16`` is refused on CPU), so the scaler path is
     driven here with a CPU ``GradScaler`` and an injected overflow (inf gradient), which is
     what an fp16 overflow looks like after ``unscale_``."""
-    trainer = Trainer(tiny_config("optim.steps=6", "train.checkpoint_every=1"), tmp_path / "r")
+    trainer = Trainer(robust_config("optim.steps=6", "train.checkpoint_every=1"), tmp_path / "r")
     trainer.scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
     param = trainer.trainable[0]
     seen: dict[int, torch.Tensor] = {}

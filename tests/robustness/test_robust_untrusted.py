@@ -2,7 +2,7 @@
 crafted pickle never runs code — whether it is a resume checkpoint, a warm start or a
 backbone file. Exports are safetensors.
 
-Already covered elsewhere: ``tests/test_checkpoint.py::test_pickled_code_is_refused``
+Already covered elsewhere: ``tests/io/test_checkpoint.py::test_pickled_code_is_refused``
 (``load_file``), ``tests/test_export.py::test_export_writes_timm_files_and_metadata``
 (safetensors + JSON only).
 """
@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 
 import densessl
-from densessl.checkpoint import CheckpointError
-from densessl.train import Trainer
-
-from .helpers import tiny_config
+from densessl.io.checkpoint import CheckpointError
+from densessl.train.trainer import Trainer
+from helpers import robust_config
 
 SRC = Path(densessl.__file__).parent
 
@@ -54,7 +53,7 @@ def test_every_torch_load_in_the_library_is_weights_only():
 def test_crafted_resume_checkpoint_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     _crafted(tmp_path / "run" / "checkpoints" / "last.pt", marker)
-    trainer = Trainer(tiny_config("optim.steps=2"), tmp_path / "run")
+    trainer = Trainer(robust_config("optim.steps=2"), tmp_path / "run")
     with pytest.raises(CheckpointError, match=r"last\.pt is not a loadable"):
         trainer.fit()
     assert not marker.exists()
@@ -64,7 +63,7 @@ def test_crafted_warm_start_file_is_refused_without_running_code(tmp_path):
     marker = tmp_path / "pwned"
     evil = _crafted(tmp_path / "weights.pth", marker)
     with pytest.raises(CheckpointError, match=r"weights\.pth"):
-        Trainer(tiny_config("optim.steps=2"), tmp_path / "run", init=str(evil))
+        Trainer(robust_config("optim.steps=2"), tmp_path / "run", init=str(evil))
     assert not marker.exists()
 
 

@@ -2,7 +2,7 @@
 
 Components that average over the batch (DINO centres, Sinkhorn sums, queues, k-means)
 all-reduce *inside* themselves so that 2 processes × B/2 equals 1 process × B
-(``tests/test_distributed_methods.py`` checks it for every method). They call these helpers,
+(``tests/train/test_distributed_methods.py`` checks it for every method). They call these helpers,
 which work unchanged in a single process without ``init_process_group`` (unlike DINO's
 official code, which needs a group even for one GPU).
 

@@ -18,7 +18,7 @@ uniform (the tests measure how close).
 Distributed: the samples are split over processes and every sum that runs over samples (the
 global sum, the prototype sums, the total weight) is all-reduced inside, so 2 processes with
 M/2 samples each return exactly the rows that 1 process with all M returns
-(``tests/test_sinkhorn.py`` checks it). The column sums are per sample and stay local. As in
+(``tests/ops/test_sinkhorn.py`` checks it). The column sums are per sample and stay local. As in
 the official distributed code, every process must call this function the same number of times
 (it all-reduces ``3 + iterations`` times).
 

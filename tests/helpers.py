@@ -1,0 +1,252 @@
+"""Plain helpers shared by the test files and by the scripts they run, importable by name.
+
+Fixtures live in ``tests/conftest.py``, which also puts this folder on ``sys.path``. What is
+here is needed where a fixture cannot go: at import time (override lists, parametrize values,
+base classes), or in a driver script run in a subprocess (``robustness/_kill_driver.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+from densessl.config.presets import build_run_config
+from densessl.config.schema import RunConfig
+from densessl.data.views.multicrop import MultiCropViews
+from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from densessl.methods.base import get_method
+
+TESTS = Path(__file__).resolve().parent
+ROOT = TESTS.parent
+FIXTURES = TESTS / "fixtures"
+BENCHMARKS = ROOT / "benchmarks"
+
+
+# ---------------------------------------------------------------------- run configurations
+#: What every small CPU run in the tests sets: no loader workers, fp32, no progress bar.
+CPU = ["data.num_workers=0", "train.precision=fp32", "train.progress=false"]
+#: The 2-block 64-d ViT (patch 8, from the tiny preset) of the method and trainer tests.
+VIT_2X64 = ["backbone.depth=2", "backbone.embed_dim=64", "backbone.num_heads=2"]
+#: The 1-block 32-d ViT of the robustness runs (the ``smoke`` presets' backbone).
+VIT_1X32 = ["backbone.depth=1", "backbone.embed_dim=32", "backbone.num_heads=2"]
+
+
+def scenes(num_images: int, batch_size: int) -> list[str]:
+    """Train on ``num_images`` synthetic scenes (80% of them train) in batches of ``batch_size``."""
+    return [f"data.scenes_num_images={num_images}", f"data.batch_size={batch_size}"]
+
+
+def head_sizes(method: str, out_dim: int, hidden_dim: int, bottleneck_dim: int) -> list[str]:
+    """The sizes of a DINO-style projection head (dino, selfpatch, loca, flsl)."""
+    return [
+        f"{method}.out_dim={out_dim}",
+        f"{method}.hidden_dim={hidden_dim}",
+        f"{method}.bottleneck_dim={bottleneck_dim}",
+    ]
+
+
+#: The 2-step DINO run of the ``tiny_run`` fixture (tiny preset: patch 8, 64 px; shrunk to
+#: 2 blocks of 64-d): seconds on a CPU.
+TINY_RUN = [*scenes(64, 8), *CPU, "optim.steps=2", *VIT_2X64, *head_sizes("dino", 128, 128, 64)]
+
+#: The robustness tests' DINO run (also their kill driver's): a 1-block ViT on 64 px scenes.
+ROBUST_RUN = [
+    *scenes(16, 4),
+    "data.scenes_size=64",
+    *CPU,
+    "train.log_every=1",
+    *VIT_1X32,
+    *head_sizes("dino", 32, 32, 16),
+    "views.global_size=32",
+    "views.local_size=16",
+    "views.num_local=2",
+    "optim.warmup_epochs=0.5",
+]
+
+#: The "tiny preset learns on scenes" runs: the tiny recipe on 400 scenes in batches of 16,
+#: logged every 10 steps.
+LEARNING_RUN = [
+    "data.scenes_num_images=400",
+    "data.num_workers=0",
+    "data.batch_size=16",
+    "train.progress=false",
+    "train.log_every=10",
+]
+
+
+def run_config(method: str, *overrides: str, preset: str = "tiny") -> RunConfig:
+    """``method``'s run config: ``preset`` (a shipped preset or a YAML path), then ``overrides``."""
+    return build_run_config(method, get_method(method).Params, preset, list(overrides))
+
+
+def robust_config(*extra: str, method: str = "dino") -> RunConfig:
+    """The robustness tests' tiny run config (``ROBUST_RUN``) with ``extra`` overrides."""
+    return run_config(method, *ROBUST_RUN, *extra)
+
+
+def learning_config(method: str, *extra: str) -> RunConfig:
+    """The run config of a "tiny preset learns on scenes" test (``LEARNING_RUN``, ``extra``)."""
+    return run_config(method, *LEARNING_RUN, *extra)
+
+
+def build_method(method: str, *overrides: str, preset: str = "tiny"):
+    """``(method instance, run config)`` for ``run_config(method, *overrides)``."""
+    cfg = run_config(method, *overrides, preset=preset)
+    return get_method(method)(cfg.params, cfg.backbone, cfg.views), cfg
+
+
+# ---------------------------------------------------------------------- method inputs
+def random_crops(cfg: RunConfig, batch: int = 3, seed: int = 0) -> list[torch.Tensor]:
+    """Gaussian noise crops, one ``[batch, 3, s, s]`` tensor per view of ``cfg.views``."""
+    gen = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 3, s, s, generator=gen) for s in cfg.views.view_sizes()]
+
+
+def view_batch(cfg: RunConfig, images: list[torch.Tensor], seed: int = 0) -> dict:
+    """The multi-crop views of ``images`` (image ``i`` seeded ``seed + i``), collated."""
+    views = MultiCropViews(cfg.views)
+    samples = [
+        views(image, torch.Generator().manual_seed(seed + i)) for i, image in enumerate(images)
+    ]
+    return {
+        "crops": [
+            torch.stack([s["crops"][v] for s in samples]) for v in range(cfg.views.num_views)
+        ],
+        "boxes": torch.stack([s["boxes"] for s in samples]),
+        "flips": torch.stack([s["flips"] for s in samples]),
+    }
+
+
+# ---------------------------------------------------------------------- official DINO layout
+def official_layout_shapes(embed_dim: int, depth: int, patch_size: int, img_size: int) -> dict:
+    """Parameter shapes of the official DINO ViT (facebookresearch/dino
+    ``vision_transformer.py``: ``qkv_bias=True``, MLP ratio 4)."""
+    d, n = embed_dim, (img_size // patch_size) ** 2
+    shapes = {
+        "cls_token": (1, 1, d),
+        "pos_embed": (1, n + 1, d),
+        "patch_embed.proj.weight": (d, 3, patch_size, patch_size),
+        "patch_embed.proj.bias": (d,),
+        "norm.weight": (d,),
+        "norm.bias": (d,),
+    }
+    for i in range(depth):
+        for name, shape in {
+            "norm1.weight": (d,), "norm1.bias": (d,), "norm2.weight": (d,), "norm2.bias": (d,),
+            "attn.qkv.weight": (3 * d, d), "attn.qkv.bias": (3 * d,),
+            "attn.proj.weight": (d, d), "attn.proj.bias": (d,),
+            "mlp.fc1.weight": (4 * d, d), "mlp.fc1.bias": (4 * d,),
+            "mlp.fc2.weight": (d, 4 * d), "mlp.fc2.bias": (d,),
+        }.items():  # fmt: skip
+            shapes[f"blocks.{i}.{name}"] = shape
+    return shapes
+
+
+# ---------------------------------------------------------------------- benchmark scripts
+def load_benchmark(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` imported as a module (the benchmarks are not a package)."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------- toy segmentation data
+NUM_HUES = 4
+#: Class c is drawn with hue c / 4: red, chartreuse, cyan, violet (robust to +-0.1 jitter).
+HUE_PALETTE = torch.tensor(
+    [[255, 0, 0], [128, 255, 0], [0, 255, 255], [128, 0, 255]], dtype=torch.uint8
+)
+
+
+class HueRectangles(Dataset):
+    """Background (class 0) plus 3 random rectangles of classes 1-3, coloured by class
+    (``HUE_PALETTE``), so an extractor can read the class off the image.
+
+    Edges lie on the 8-px patch grid of a 32x32 image; every ``odd_every``-th image has the
+    size ``odd_size`` and a grid of a quarter of it, which lands on the same 8-px grid after
+    resizing to 32x32. Each image has a 3x3 block labelled 255.
+    """
+
+    num_classes = NUM_HUES
+    class_names = ("background", "a", "b", "c")
+    ignore_index = 255
+    odd_every = 5
+    odd_size = (48, 40)
+
+    def __init__(self, n: int = 20, seed: int = 0) -> None:
+        gen = torch.Generator().manual_seed(seed)
+        odd = self.odd_size, (self.odd_size[0] // 4, self.odd_size[1] // 4)
+        self.items = []
+        for i in range(n):
+            is_odd = i % self.odd_every == self.odd_every - 1
+            (h, w), (gy, gx) = odd if is_odd else ((32, 32), (8, 8))
+            label = torch.zeros(h, w, dtype=torch.uint8)
+            for _ in range(3):
+                y0, x0 = torch.randint(0, 3, (2,), generator=gen).tolist()
+                rh, rw = torch.randint(1, 3, (2,), generator=gen).tolist()
+                cls = int(torch.randint(1, NUM_HUES, (1,), generator=gen))
+                label[y0 * gy : (y0 + rh) * gy, x0 * gx : (x0 + rw) * gx] = cls
+            image = HUE_PALETTE[label.long()].permute(2, 0, 1).contiguous()
+            y, x = torch.randint(0, h - 3, (2,), generator=gen).tolist()
+            label[y : y + 3, x : x + 3] = 255
+            self.items.append({"image": image, "label": label, "index": i})
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def rgb_to_hue(rgb: torch.Tensor) -> torch.Tensor:
+    """Hue in [0, 1) of float RGB ``[B, 3, H, W]``."""
+    r, g, b = rgb.unbind(1)
+    mx, mn = rgb.max(1).values, rgb.min(1).values
+    delta = (mx - mn).clamp_min(1e-6)
+    hue = torch.where(
+        mx == r,
+        ((g - b) / delta) % 6,
+        torch.where(mx == g, (b - r) / delta + 2, (r - g) / delta + 4),
+    )
+    return hue / 6.0
+
+
+class HueOracle:
+    """Patch feature = one-hot (``dim`` wide) of the majority class, decoded from the hue of
+    ImageNet-normalised images of ``HueRectangles``, + small noise."""
+
+    patch_size = 8
+
+    def __init__(self, noise: float = 0.05, dim: int = 8) -> None:
+        self.noise, self.dim = noise, dim
+        self.gen = torch.Generator().manual_seed(123)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        rgb = images * std + torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        hue = rgb_to_hue(rgb.clamp(0, 1))
+        dist = (hue.unsqueeze(1) - torch.arange(NUM_HUES).view(1, -1, 1, 1) / NUM_HUES).abs()
+        cls = torch.minimum(dist, 1 - dist).argmin(1)
+        votes = F.avg_pool2d(F.one_hot(cls, NUM_HUES).permute(0, 3, 1, 2).float(), self.patch_size)
+        onehot = F.one_hot(votes.argmax(1), self.dim).float()  # [B, h, w, dim]
+        return onehot + self.noise * torch.randn(onehot.shape, generator=self.gen)
+
+
+class RandomFeatures:
+    """16-d Gaussian patch features unrelated to the image (patch 8), seeded."""
+
+    patch_size = 8
+
+    def __init__(self, seed: int = 7) -> None:
+        self.gen = torch.Generator().manual_seed(seed)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        return torch.randn(b, h // 8, w // 8, 16, generator=self.gen)
