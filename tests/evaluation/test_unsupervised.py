@@ -32,6 +32,7 @@ from densessl.evaluation.unsupervised.community import (
     merge_clusters,
 )
 from densessl.evaluation.unsupervised.community_search import (
+    partition_is_valid,
     pixel_weights,
     score_partition,
     upsample_maps,
@@ -133,6 +134,37 @@ def test_both_backends_find_the_hand_built_communities(method):
         assert mapping[7] == 0  # no edge above the threshold: merged id 0, as in Leopart
         assert sorted(set(mapping)) == [0, 1, 2]
     assert find_communities([], method) == {}
+
+
+#: Leopart's own ``PredsmIoU(4, 4).compute(True, many_to_one=False)`` (MkuuWaUjinga/leopart
+#: @7835701, ``experiments/utils.py``; run once outside this repository with its Metric base
+#: and joblib stubbed, numpy 2.4.6, scipy 1.17.1) on the case below: 4 communities (ids 1-4)
+#: over 10 clusters with 4 classes, so community 4 is never matched and stays background.
+OFFICIAL_4_COMMUNITIES = (0.23697489001917046, [318, 322, 0, 153], [894, 170, 0, 143])
+
+
+def _official_case() -> tuple[torch.Tensor, torch.Tensor]:
+    rng = np.random.default_rng(0)
+    gt = rng.integers(0, 4, 2000)
+    clusters = (gt * 2 + rng.integers(0, 3, 2000)) % 10
+    conf = torch.zeros(10, 4, dtype=torch.float64)
+    index = (torch.from_numpy(clusters), torch.from_numpy(gt))
+    conf.index_put_(index, torch.ones(2000, dtype=torch.float64), accumulate=True)
+    return conf, torch.tensor([1, 2, 2, 3, 3, 4, 4, 1, 2, 4])
+
+
+def test_as_many_communities_as_classes_are_scored_and_accepted_as_leopart():
+    conf, mapping = _official_case()
+    miou, iou, num_ids = score_partition(conf, mapping, num_pred=4)
+    expected, tp, fp = OFFICIAL_4_COMMUNITIES
+    assert miou == pytest.approx(expected, abs=1e-12) and num_ids == 5
+    assert iou[0] == pytest.approx(tp[0] / (tp[0] + fp[0] + (conf[:, 0].sum() - tp[0])))
+    assert partition_is_valid(conf, mapping, 4)  # Leopart accepts C communities
+    unassigned = mapping.clone()
+    unassigned[0] = 0  # a cluster in no community: 5 distinct ids, PredsmIoU's assert fails
+    assert not partition_is_valid(conf, unassigned, 4)
+    assert not partition_is_valid(conf, mapping + 1, 4)  # an id above C
+    assert partition_is_valid(conf, mapping.clamp(max=3), 4)
 
 
 def test_score_partition_merges_rows_then_matches():

@@ -427,3 +427,30 @@ def test_encode_subset_matches_tokens():
     assert not torch.allclose(no_pe, full)
     with pytest.raises(ValueError, match="CLS"):
         build_backbone(BackboneConfig(arch="vit_tiny", depth=1)).encode(torch.randn(1, 3, 32, 32))
+
+
+def test_gelu_tanh_backbone_matches_plain_timm_with_its_export_kwargs():
+    from dataclasses import replace
+
+    from densessl.models.vit import timm_spec_for
+
+    config = BackboneConfig(
+        arch="vit_tiny", patch_size=8, img_size=32, depth=2, embed_dim=32, num_heads=2,
+        act_layer="gelu_tanh",
+    )  # fmt: skip
+    ours = build_backbone(config).eval()
+    spec = timm_spec_for(config)
+    assert spec["kwargs"]["act_layer"] == "gelu_tanh"
+    plain = timm.create_model(spec["architecture"], pretrained=False, **spec["kwargs"]).eval()
+    plain.load_state_dict(ours.model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        expected = plain.forward_features(x)[:, plain.num_prefix_tokens :]
+        got = ours.tokens(x)[1].flatten(1, 2)
+        exact = build_backbone(replace(config, act_layer="gelu")).eval()
+        exact.load_state_dict(ours.state_dict())
+        moved = (exact.tokens(x)[1].flatten(1, 2) - got).abs().max()
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-6)
+    assert 0 < moved < 1e-2  # the approximation moves the features a little, not nothing
+    with pytest.raises(ValueError, match="act_layer"):
+        BackboneConfig(act_layer="relu")

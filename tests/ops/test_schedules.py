@@ -27,15 +27,32 @@ def test_cosine_endpoints_and_midpoint():
     assert cosine(150, 100, 1.0, 0.0) == pytest.approx(0.0)
 
 
-def test_warmup_cosine_matches_dino_after_warmup():
+#: facebookresearch/dino @7c446df ``utils.cosine_scheduler(5e-4, 1e-6, epochs=10,
+#: niter_per_ep=20, warmup_epochs=1)`` at steps 0, 5, 10, 19, 20, 21, 199 (run once, numpy 2.4.6).
+OFFICIAL_DINO = [0.0, 0.00013157894736842105, 0.0002631578947368421, 0.0005, 0.0005,
+                 0.0004999619999415196, 1.0380000584803783e-06]  # fmt: skip
+
+
+def test_warmup_cosine_dino_rule_equals_the_official_schedule():
     total, warm = 200, 20
-    ref = _dino_cosine_scheduler(5e-4, 1e-6, 10, 20, warmup_epochs=1)
     ours = [warmup_cosine(i, total, 5e-4, 1e-6, warm) for i in range(total)]
-    # DINO's warm-up uses linspace (ends exactly at the peak at step warm-1); ours reaches
-    # the peak at step `warm`. Both are linear; after warm-up they agree exactly.
-    assert np.allclose(ours[warm:], ref[warm:], rtol=0, atol=1e-12)
+    steps = (0, 5, 10, 19, 20, 21, 199)
+    assert [ours[i] for i in steps] == pytest.approx(OFFICIAL_DINO, rel=1e-12, abs=1e-18)
+    ref = _dino_cosine_scheduler(5e-4, 1e-6, 10, 20, warmup_epochs=1)
+    assert np.allclose(ours, ref, rtol=0, atol=1e-12)  # every step, warm-up included
+    assert ours[warm - 1] == ours[warm] == 5e-4  # the peak is held for two steps
+
+
+def test_warmup_cosine_linear_rule_peaks_one_step_later():
+    total, warm = 200, 20
+    ours = [warmup_cosine(i, total, 5e-4, 1e-6, warm, rule="linear") for i in range(total)]
     assert ours[0] == 0.0 and ours[warm // 2] == pytest.approx(5e-4 * 0.5)
-    assert max(ours) == pytest.approx(5e-4)
+    assert ours[warm - 1] < ours[warm] == 5e-4
+    dino = [warmup_cosine(i, total, 5e-4, 1e-6, warm) for i in range(total)]
+    assert ours[warm:] == dino[warm:]
+    assert warmup_cosine(0, 10, 1.0, 0.0, 1) == 0.0  # a 1-step warm-up is its start value
+    with pytest.raises(ValueError, match="warm-up rule"):
+        warmup_cosine(0, 10, 1.0, 0.0, 2, rule="cosine")
 
 
 def test_linear_warmup_constant_teacher_temp():

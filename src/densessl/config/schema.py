@@ -64,6 +64,9 @@ class OptimConfig:
             ``scale_lr_with_batch`` (DINO's linear scaling rule).
         min_lr: final learning rate of the cosine schedule.
         warmup_epochs: linear warm-up length (fractional epochs allowed).
+        warmup_rule: ``"dino"`` (DINO's linspace: the peak at the last warm-up step, as
+            DINO, SelfPatch and FLSL) or ``"linear"`` (``i / W``: the peak one step later, as
+            optax / LOCA); see :func:`densessl.ops.schedules.warmup_cosine`.
         weight_decay / weight_decay_end: cosine weight-decay schedule (weights only; biases
             and norms get none).
         clip_grad: per-parameter gradient-norm clip as in the official DINO code (0 = off).
@@ -78,6 +81,7 @@ class OptimConfig:
     scale_lr_with_batch: bool = True
     min_lr: float = 1e-6
     warmup_epochs: float = 10.0
+    warmup_rule: str = "dino"
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     clip_grad: float = 3.0
@@ -91,6 +95,10 @@ class OptimConfig:
             raise ValueError(
                 f"optim.lr must be > 0, got {self.lr} (the base learning rate; the peak is "
                 "lr x global batch / 256 when optim.scale_lr_with_batch)"
+            )
+        if self.warmup_rule not in ("dino", "linear"):
+            raise ValueError(
+                f"optim.warmup_rule must be 'dino' or 'linear', got {self.warmup_rule!r}"
             )
         if self.steps is not None and self.steps < 1:
             raise ValueError(f"optim.steps must be >= 1 (or null to use epochs), got {self.steps}")

@@ -34,9 +34,16 @@ def _init_linear(module: nn.Module) -> None:
 
 
 def build_mlp(
-    in_dim: int, out_dim: int, hidden_dim: int, num_layers: int, use_bn: bool = False
+    in_dim: int,
+    out_dim: int,
+    hidden_dim: int,
+    num_layers: int,
+    use_bn: bool = False,
+    gelu: str = "none",
 ) -> nn.Module:
     """``num_layers`` linear layers with GELU (and optional BatchNorm) between them.
+
+    ``gelu`` is the GELU's ``approximate`` argument: ``"none"`` (exact) or ``"tanh"``.
 
     ``num_layers == 1`` is a single ``Linear(in_dim, out_dim)``; otherwise
     ``Linear(in, hidden) → [BN] → GELU → (Linear(hidden, hidden) → [BN] → GELU) × (L-2) →
@@ -57,7 +64,7 @@ def build_mlp(
             layers.append(nn.Linear(d_in, d_out))
             if use_bn:
                 layers.append(nn.BatchNorm1d(d_out))
-            layers.append(nn.GELU())
+            layers.append(nn.GELU(approximate=gelu))
         layers.append(nn.Linear(hidden_dim, out_dim))
         mlp = nn.Sequential(*layers)
     mlp.apply(_init_linear)
@@ -90,6 +97,7 @@ class DINOHead(nn.Module):
             taken over every leading position (batch and tokens).
         norm_last_layer: freeze the weight-norm magnitudes at 1 (DINO's default; the teacher
             always uses it, the "boosted" recipe trains the student with False).
+        gelu: the MLP's GELU, ``"none"`` (exact, DINO) or ``"tanh"`` (Flax's default: LOCA).
 
     Shapes:
         ``[..., in_dim]`` → ``[..., out_dim]``.
@@ -111,6 +119,7 @@ class DINOHead(nn.Module):
         num_layers: int = 3,
         use_bn: bool = False,
         norm_last_layer: bool = True,
+        gelu: str = "none",
     ) -> None:
         super().__init__()
         if out_dim < 1 or bottleneck_dim < 1:
@@ -121,7 +130,7 @@ class DINOHead(nn.Module):
         self.out_dim = out_dim
         self.use_bn = use_bn
         self.norm_last_layer = norm_last_layer
-        self.mlp = build_mlp(in_dim, bottleneck_dim, hidden_dim, num_layers, use_bn=use_bn)
+        self.mlp = build_mlp(in_dim, bottleneck_dim, hidden_dim, num_layers, use_bn, gelu)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False), dim=0)
         magnitude = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():

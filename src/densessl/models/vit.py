@@ -51,6 +51,7 @@ ARCHS: dict[str, tuple[int, int, int]] = {
     "vit_base": (768, 12, 12),
 }
 POS_INTERP = ("timm", "dino", "bilinear")
+ACT_LAYERS = ("gelu", "gelu_tanh")
 
 
 @dataclass
@@ -75,6 +76,10 @@ class BackboneConfig:
             of keeping them (activation checkpointing): ~1/3 more compute for a much smaller
             activation memory; for ViT-B/L or large batches. Training-time only, the weights
             are unchanged.
+        act_layer: the blocks' MLP activation: ``"gelu"`` (exact, erf: timm and DINO) or
+            ``"gelu_tanh"`` (the tanh approximation: Flax's ``nn.gelu`` default, so the official
+            LOCA code; about 1e-3 per layer from the exact one). Exports carry it in
+            ``timm_kwargs``.
         attention: the blocks' attention kernel (:mod:`densessl.models.attention`): ``"auto"``
             (explicit product for CPU inputs under bf16 autocast, where PyTorch's CPU
             flash kernel is slower; fused ``scaled_dot_product_attention`` otherwise),
@@ -93,8 +98,11 @@ class BackboneConfig:
     pos_interp: str = "timm"
     grad_checkpointing: bool = False
     attention: str = "auto"
+    act_layer: str = "gelu"
 
     def __post_init__(self) -> None:
+        if self.act_layer not in ACT_LAYERS:
+            raise ValueError(f"act_layer must be one of {ACT_LAYERS}, got {self.act_layer!r}")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
         if self.pos_interp not in POS_INTERP:
@@ -353,6 +361,8 @@ def timm_spec_for(config: BackboneConfig) -> dict[str, Any]:
         kwargs["class_token"] = False
     if not config.final_norm:
         kwargs["final_norm"] = False
+    if config.act_layer != "gelu":
+        kwargs["act_layer"] = config.act_layer
     return {"architecture": name, "kwargs": kwargs, "pos_interp": config.pos_interp}
 
 

@@ -17,6 +17,9 @@ def cosine(step: int, total_steps: int, start: float, end: float) -> float:
     return end + 0.5 * (start - end) * (1.0 + math.cos(math.pi * progress))
 
 
+WARMUP_RULES = ("dino", "linear")
+
+
 def warmup_cosine(
     step: int,
     total_steps: int,
@@ -24,15 +27,26 @@ def warmup_cosine(
     final: float,
     warmup_steps: int = 0,
     warmup_start: float = 0.0,
+    rule: str = "dino",
 ) -> float:
     """Linear warm-up from ``warmup_start`` to ``peak`` over ``warmup_steps``, then cosine.
 
-    Matches DINO's ``cosine_scheduler`` evaluated at one iteration: warm-up value at step
-    ``i < warmup_steps`` is ``warmup_start + (peak - warmup_start) * i / warmup_steps``; the
-    cosine part spans the remaining ``total_steps - warmup_steps`` steps.
+    The cosine part spans the remaining ``total_steps - warmup_steps`` steps and starts at
+    ``peak``. The warm-up value at step ``i < W`` (``W = warmup_steps``):
+
+    * ``rule="dino"``: ``start + (peak - start) * i / (W - 1)``, DINO's ``cosine_scheduler``
+      (facebookresearch/dino ``utils.py``: ``np.linspace(start, peak, W)``; also SelfPatch's
+      and FLSL's copies): the peak is reached at step ``W - 1`` and held at step ``W``;
+    * ``rule="linear"``: ``start + (peak - start) * i / W``, optax/scenic's linear warm-up
+      (LOCA's official schedule): the peak is reached at step ``W``.
     """
+    if rule not in WARMUP_RULES:
+        raise ValueError(f"warm-up rule must be one of {WARMUP_RULES}, got {rule!r}")
     if step < warmup_steps:
-        return warmup_start + (peak - warmup_start) * step / warmup_steps
+        span = warmup_steps - 1 if rule == "dino" else warmup_steps
+        if span <= 0:  # a 1-step linspace is its start value
+            return warmup_start
+        return warmup_start + (peak - warmup_start) * step / span
     return cosine(step - warmup_steps, total_steps - warmup_steps, peak, final)
 
 

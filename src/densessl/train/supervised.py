@@ -195,7 +195,9 @@ def train_supervised(
     window_start, window_images = time.perf_counter(), 0
     for step in range(start, config.steps):
         tick = time.perf_counter()
-        lr = warmup_cosine(step, config.steps, config.lr, config.min_lr, config.warmup_steps)
+        lr = warmup_cosine(  # the supervised row's own recipe: i / W (unchanged)
+            step, config.steps, config.lr, config.min_lr, config.warmup_steps, rule="linear"
+        )
         for group in optimizer.param_groups:
             group["lr"] = lr
         images, labels = sample_batch(dataset, config, step)

@@ -177,8 +177,9 @@ class Trainer:
     def _set_schedules(self) -> dict[str, float]:
         optim = self.config.optim
         lr = warmup_cosine(
-            self.step, self.total_steps, self.peak_lr, self.min_lr, self.warmup_steps
-        )
+            self.step, self.total_steps, self.peak_lr, self.min_lr, self.warmup_steps,
+            rule=optim.warmup_rule,
+        )  # fmt: skip
         wd = cosine(self.step, self.total_steps, optim.weight_decay, optim.weight_decay_end)
         momentum = cosine(
             self.step, self.total_steps, optim.momentum_teacher, optim.momentum_teacher_end

@@ -5,12 +5,15 @@
 ``k_community`` the foreground is clustered once and its co-occurrence graph built over
 train + val; for every ``weight_threshold`` x ``markov_time`` (Infomap) or ``resolution``
 (Leiden) the partitions of all ``cd_seeds`` are scored on the **train labels**; the best
-setting (a valid one first: no more ids than classes, as Leopart's ``PredsmIoU`` asserts)
-is then scored on val. Partitions do not depend on the split, so val reuses them.
+setting (a valid one first: :func:`partition_is_valid`, Leopart's ``PredsmIoU`` asserts) is
+then scored on val. Partitions do not depend on the split, so val reuses them.
 
 Scoring folds a ``[clusters, classes]`` confusion matrix by the partition (merging clusters
 adds their rows) and matches the merged ids to classes with the Hungarian algorithm, which
-equals merging the label maps first and scoring them.
+equals merging the label maps first and scoring them. As in Leopart's ``PredsmIoU(C, C)``
+(MkuuWaUjinga/leopart @7835701, ``experiments/utils.py``) only merged ids ``0 .. C-1`` are
+matched: community ids are 1-based, so with ``C`` communities the last one's pixels count as
+background, and such a partition is valid when every cluster is in a community.
 """
 
 from __future__ import annotations
@@ -75,18 +78,45 @@ def confusion_of_maps(
     return cm.confusion.cpu()
 
 
-def score_partition(confusion: Tensor, mapping: Tensor) -> tuple[float, list[float], int]:
+def score_partition(
+    confusion: Tensor, mapping: Tensor, num_pred: int | None = None
+) -> tuple[float, list[float], int]:
     """Merge the rows of ``confusion`` by ``mapping`` and Hungarian-match the merged ids.
 
+    Args:
+        confusion: ``[K, C]`` pixel counts of the K clusters against the C classes.
+        mapping: int64 ``[K]`` merged id of every cluster (0: in no community).
+        num_pred: score as Leopart's ``PredsmIoU(num_pred, C)`` does (MkuuWaUjinga/leopart
+            @7835701, ``experiments/utils.py``): only ids ``0 .. num_pred - 1`` take part in
+            the matching; pixels of higher ids stay background (class 0). None: every id
+            takes part and the unmatched ones count as background.
+
     Returns:
-        ``(mIoU, per-class IoU, number of merged ids)``; with more ids than classes the
-        unmatched ones count as background (class 0).
+        ``(mIoU, per-class IoU, number of merged ids)``.
     """
     num_ids = int(mapping.max()) + 1
     merged = torch.zeros(num_ids, confusion.shape[1], dtype=confusion.dtype)
     merged.index_add_(0, mapping, confusion)
-    iou = iou_per_class(fold_confusion(merged, hungarian_match(merged)))
+    rest = None
+    if num_pred is not None and num_ids > num_pred:
+        rest = merged[num_pred:].sum(dim=0)
+        merged = merged[:num_pred]
+    folded = fold_confusion(merged, hungarian_match(merged))
+    if rest is not None:
+        folded[0] += rest
+    iou = iou_per_class(folded)
     return float(iou.mean()), iou.tolist(), num_ids
+
+
+def partition_is_valid(confusion: Tensor, mapping: Tensor, num_pred: int) -> bool:
+    """Leopart's check of a merged partition: at most ``num_pred`` distinct ids with pixels
+    and no id above ``num_pred`` (``PredsmIoU.compute``'s asserts; ids are 1-based
+    communities plus 0 for clusters in none, so ``num_pred`` communities covering every
+    cluster pass)."""
+    counts = torch.zeros(int(mapping.max()) + 1, dtype=confusion.dtype)
+    counts.index_add_(0, mapping, confusion.sum(dim=1))
+    used = torch.nonzero(counts > 0).flatten()
+    return len(used) <= num_pred and (len(used) == 0 or int(used.max()) <= num_pred)
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -148,9 +178,9 @@ def search_communities(
                         num_modules=num_modules,
                     )
                     mappings.append(merge_clusters(found, num_ids))
-                scored = [score_partition(conf_train, m) for m in mappings]
+                scored = [score_partition(conf_train, m, num_classes) for m in mappings]
                 mean = sum(s[0] for s in scored) / len(scored)
-                valid = all(s[2] <= num_classes for s in scored)
+                valid = all(partition_is_valid(conf_train, m, num_classes) for m in mappings)
                 trial = {
                     "k_community": int(k),
                     "weight_threshold": float(wt),
@@ -167,7 +197,7 @@ def search_communities(
     bar.close()
     assert best is not None
     _, trial, conf_val, mappings = best
-    scored = [score_partition(conf_val, m) for m in mappings]
+    scored = [score_partition(conf_val, m, num_classes) for m in mappings]
     per_seed = [s[0] for s in scored]
     mean, std = mean_std(per_seed)
     return {

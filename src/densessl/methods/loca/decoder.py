@@ -39,13 +39,16 @@ class CrossAttentionBlock(nn.Module):
         dim: token width D.
         num_heads: attention heads (D divisible by it).
         mlp_dim: hidden width of the MLP (4·D in ViTs).
+        gelu: the MLP's GELU, ``"tanh"`` (Flax's ``nn.gelu`` default: the official code) or
+            ``"none"`` (exact).
 
     Shapes:
         ``x [n, q, D]``, ``context [n, k, D]`` → ``[n, q, D]``.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int) -> None:
+    def __init__(self, dim: int, num_heads: int, mlp_dim: int, gelu: str = "tanh") -> None:
         super().__init__()
+        self.gelu = gelu
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
@@ -80,7 +83,7 @@ class CrossAttentionBlock(nn.Module):
         q, k, v = self._heads(self.q(y)), self._heads(self.k(c)), self._heads(self.v(c))
         attended = F.scaled_dot_product_attention(q, k, v)  # [n, heads, q, D/heads]
         x = x + self.proj(attended.transpose(1, 2).reshape(x.shape))
-        return x + self.fc2(F.gelu(self.fc1(self.norm_mlp(x))))
+        return x + self.fc2(F.gelu(self.fc1(self.norm_mlp(x)), approximate=self.gelu))
 
 
 class PositionPredictor(nn.Module):
@@ -89,14 +92,17 @@ class PositionPredictor(nn.Module):
     Args:
         dim / num_heads / mlp_dim: the block's sizes (the encoder's).
         num_positions: N, the reference view's token count.
+        gelu: the block's GELU (see :class:`CrossAttentionBlock`).
 
     Shapes:
         ``queries [n, q, D]``, ``reference [n, k, D]`` → logits ``[n, q, N]``.
     """
 
-    def __init__(self, dim: int, num_heads: int, mlp_dim: int, num_positions: int) -> None:
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, num_positions: int, gelu: str = "tanh"
+    ) -> None:
         super().__init__()
-        self.block = CrossAttentionBlock(dim, num_heads, mlp_dim)
+        self.block = CrossAttentionBlock(dim, num_heads, mlp_dim, gelu)
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_positions)
         std = 1.0 / math.sqrt(dim) / 0.87962566103423978  # Flax's truncated LeCun normal

@@ -26,7 +26,9 @@ Paper vs official code, and the option choosing (default: the code, unless said)
 * ``loca.teacher_drop_path``: the teacher with the student's stochastic depth (true);
 * ``loca.query_pos_embed``: null follows ``loca.cluster_loss``; ``loca.cluster_loss=false``
   is the position-only arXiv-v1 model;
-* ``loca.label_rule``: ``official`` index maps or ``centre`` (exact patch centre).
+* ``loca.label_rule``: ``official`` index maps or ``centre`` (exact patch centre);
+* ``backbone.act_layer``: ``gelu_tanh`` (the presets; Flax's ``nn.gelu`` in the code's
+  backbone, projection head and position predictor) or ``gelu`` (exact, erf).
 
 Details (also augmentation, clipping, init, distributed): docs/methods/loca.md
 """
@@ -198,12 +200,20 @@ class LOCA(Method):
         side = views.global_size // backbone.patch_size
         self.reference_grid = (side, side)
         self.num_positions = side * side
+        # The head and the position predictor use the backbone's GELU: Flax's tanh
+        # approximation in the official code (``backbone.act_layer=gelu_tanh``, the presets).
+        gelu = "tanh" if backbone.act_layer == "gelu_tanh" else "none"
         head = DINOHead(
-            dim, params.out_dim, params.hidden_dim, params.bottleneck_dim, norm_last_layer=True
+            dim,
+            params.out_dim,
+            params.hidden_dim,
+            params.bottleneck_dim,
+            norm_last_layer=True,
+            gelu=gelu,
         )
         self.student = StudentTeacher(student_backbone, head)
         self.predictor = PositionPredictor(
-            dim, student_backbone.num_heads, 4 * dim, self.num_positions
+            dim, student_backbone.num_heads, 4 * dim, self.num_positions, gelu
         )
         teacher_config = (
             backbone if params.teacher_drop_path else replace(backbone, drop_path_rate=0.0)
