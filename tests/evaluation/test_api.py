@@ -4,6 +4,7 @@ split choices for the real datasets and the printed table."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -96,6 +97,27 @@ def test_cli_errors_exit_2_with_the_reason(tiny_run, tmp_path, capsys):
     assert "needs root" in capsys.readouterr().err
     assert main([*base, "--dataset", "voc", "--root", str(tmp_path)]) == 2
     assert "no Pascal VOC data under" in capsys.readouterr().err
+
+
+def test_cluster_json_records_scored_images_and_differences_and_missing_faiss_exits_2(
+    tiny_run, tmp_path, capsys, monkeypatch
+):
+    out = tmp_path / "cluster.json"
+    argv = ["eval", "cluster", "--backbone", str(tiny_run), "--no-progress", "--out", str(out)]
+    fast = ["seeds=[0]", "n_init=1", "iters=5", "data.num_images=20"]
+    assert main([*argv, *fast, "drop_last=true", "batch_size=3"]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert (results["num_images_total"], results["num_images"]) == (4, 3)
+    assert results["num_images_dropped"] == 1 and results["backend"] == "torch"
+    differences = results["differences_from_official"]
+    assert differences and all(isinstance(d, str) for d in differences)
+    assert any("backend=torch approximates" in d for d in differences)
+    capsys.readouterr()
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` raises ImportError
+    assert main([*argv, *fast, "backend=faiss"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("densessl: error:") and "pip install 'densessl[faiss]'" in err
+    assert "backend=torch" in err
 
 
 def test_cli_help_lists_every_registered_protocol_and_its_settings(capsys):

@@ -118,3 +118,44 @@ def test_pca_matches_svd_of_centred_data():
     big = model.components.gather(1, model.components.abs().argmax(1, keepdim=True))
     assert torch.all(big > 0)
     assert fit_pca(x, dim=50).components.shape == (10, 10)  # clipped to D
+
+
+def test_standardize_inplace_follows_sklearn_partial_fit_and_transform():
+    import numpy as np
+
+    from densessl.ops.faiss_backend import standardize_inplace
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal((1000, 5)) * [1, 2, 3, 4, 5] + 100).astype(np.float32)
+    x[:, 4] = 7.0  # constant column: scale 1, as sklearn's _is_constant_feature
+    raw = x.copy()
+    mean, scale = standardize_inplace(x, chunk_size=300)  # 4 partial_fit chunks
+    ref = raw.astype(np.float64)
+    assert np.allclose(mean, ref.mean(0), rtol=1e-13)
+    assert np.allclose(scale[:4], ref[:, :4].std(0), rtol=1e-12) and scale[4] == 1.0
+    # sklearn 1.0.1's transform: x -= mean; x /= scale, float64 arithmetic, float32 storage
+    expected = ((raw - mean).astype(np.float32) / scale).astype(np.float32)
+    assert np.array_equal(x, expected) and np.all(x[:, 4] == 0)
+    again = raw.copy()
+    standardize_inplace(again)  # one chunk: same statistics up to float64 rounding
+    assert np.abs(again - x).max() <= 1e-5
+
+
+def test_faiss_pca_and_kmeans_call_faiss_and_a_missing_faiss_is_reported(monkeypatch):
+    pytest.importorskip("faiss")
+    import sys
+
+    from densessl.errors import ConfigError
+    from densessl.ops.faiss_backend import faiss_pca
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2000, 6, generator=gen) * torch.tensor([6.0, 5, 4, 3, 2, 1])
+    proj = torch.from_numpy(faiss_pca(x.numpy(), 3))  # 2000 rows < 1000 * 6: fitted on all
+    ref = pca(x, dim=3)
+    assert torch.allclose(proj.abs(), ref.abs(), atol=1e-3)
+    monkeypatch.setitem(sys.modules, "faiss", None)
+    for call in (lambda: faiss_pca(x.numpy(), 3), lambda: kmeans(x, 3, backend="faiss")):
+        with pytest.raises(ConfigError, match=r"pip install 'densessl\[faiss\]'") as info:
+            call()
+        assert isinstance(info.value, ImportError)
+    assert kmeans(x, 3, backend="auto").assignments.shape == (2000,)  # falls back to torch

@@ -16,13 +16,16 @@ Modules (import them directly; this package imports nothing heavy):
   models, official DINO weights, or random init.
 * :mod:`densessl.evaluation.miou`: dataset-level confusion matrix, mIoU, Hungarian and
   many-to-one matching (Leopart conventions).
-* :mod:`densessl.ops.cluster`: seeded, chunked k-means in torch (faiss optional),
-  standardisation and PCA.
+* :mod:`densessl.ops.cluster`: seeded, chunked k-means in torch, standardisation and PCA
+  (an approximation of faiss), and :mod:`densessl.ops.faiss_backend`: Leopart's numerics
+  (sklearn-style chunked standardisation, faiss ``PCAMatrix`` and ``Kmeans``).
 * :mod:`densessl.evaluation.preprocess`: resizing, ImageNet normalisation, collate, and
   feature extraction shared by the evaluators.
 * :mod:`densessl.evaluation.linear.probe` (+ :mod:`densessl.evaluation.linear.heads`):
   Leopart's linear / FCN probe.
-* :mod:`densessl.evaluation.overcluster`: Leopart's overclustering protocol.
+* :mod:`densessl.evaluation.overcluster`: Leopart's overclustering protocol (faiss by
+  default); :mod:`densessl.evaluation.overcluster_parity`: its official loaders and the
+  differences from Leopart named in every result.
 * :mod:`densessl.evaluation.retrieval`: Hummingbird dense nearest-neighbour retrieval.
 * :mod:`densessl.evaluation.unsupervised.pipeline` (+ its settings
   :mod:`~densessl.evaluation.unsupervised.settings` and the search

@@ -23,8 +23,9 @@ protocol          what                                      splits
 ================  ========================================  ===============================
 
 Real datasets get the papers' settings (each record's defaults; overclustering's
-:meth:`~densessl.evaluation.overcluster.OverclusterProtocol.for_voc`: K = C, 300, 500); the
-synthetic scenes get each protocol's ``for_scenes`` CPU preset at the scenes' resolution.
+:meth:`~densessl.evaluation.overcluster.OverclusterProtocol.for_voc`: K = C, 300, 500, with
+faiss PCA and k-means as Leopart, so ``pip install 'densessl[faiss]'``); the synthetic scenes
+get each protocol's ``for_scenes`` CPU preset at the scenes' resolution.
 Any setting can be overridden by name (``epochs=10``, ``seeds=[0]``); dataset options go
 under ``data.`` (``data.num_images=200``). An unknown name is an error listing valid ones.
 """

@@ -189,8 +189,10 @@ register_protocol(
         summarize=summarize_overclustering,
         source="MkuuWaUjinga/leopart @7835701, experiments/overcluster/sup_overcluster.py",
         help="Standardise, PCA-50, k-means on the val split's patch features; Hungarian "
-        "matching at K = C, greedy many-to-one by precision at K > C; mean ± std over seeds. "
-        "num_clusters=[C,300,500] as the paper on real data; backend=faiss for large K.",
+        "matching at K = C, greedy many-to-one by precision otherwise; mean ± std over seeds. "
+        "Real data: num_clusters=[C,300,500] with faiss PCA and k-means as Leopart (pip "
+        "install 'densessl[faiss]'); backend=torch approximates without faiss; "
+        "drop_last=false scores every image (Leopart's VOC loader drops the last 9).",
         train_split=None,
         real_preset=OverclusterProtocol.for_voc,
         aliases=("overcluster", "overclustering"),

@@ -2,9 +2,13 @@
 
 Leopart's overclustering (experiments/utils.py ``normalize_and_transform`` and ``cluster``)
 standardises the patch features (sklearn ``StandardScaler``), projects them to 50 dimensions
-(faiss ``PCAMatrix``) and runs faiss k-means (``niter=100``, ``nredo=5``). This module does
-the same in plain torch so that the evaluators work without faiss and are reproducible for a
-seed; ``backend="faiss"`` uses faiss when it is installed.
+(faiss ``PCAMatrix``) and runs faiss k-means (``niter=100``, ``nredo=5``). The official
+numerics live in :mod:`densessl.ops.faiss_backend` (``kmeans(backend="faiss")`` calls faiss
+itself). This module is the plain-torch **approximation** that works without faiss and is
+reproducible for a seed on every device: k-means++ or random initialisation from a torch
+generator (not faiss' random stream, so neither reproduces faiss' clusters), PCA fitted on
+every row in float64 (faiss samples at most ``1000 * D`` rows and works in float32), a
+two-pass float64 standardisation (sklearn updates chunk by chunk).
 
 Everything follows the device of its inputs. Random numbers are drawn from a CPU
 ``torch.Generator``, so the sub-sample and the initialisation are the same on every device;
@@ -20,6 +24,14 @@ from typing import Literal, NamedTuple
 import torch
 from torch import Tensor
 
+from densessl.ops.faiss_backend import (
+    faiss_available,
+    faiss_kmeans,
+    faiss_pca,
+    require_faiss,
+    standardize_inplace,
+)
+
 __all__ = [
     "PCA",
     "KMeansResult",
@@ -30,17 +42,10 @@ __all__ = [
     "fit_standardizer",
     "kmeans",
     "pca",
+    "prepare_features",
+    "resolve_backend",
     "standardize",
 ]
-
-
-def faiss_available() -> bool:
-    """Whether ``import faiss`` works."""
-    try:
-        import faiss  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class KMeansResult(NamedTuple):
@@ -157,8 +162,10 @@ def kmeans(
             change).
         seed: Seed of the CPU generator used for sub-sampling and initialisation.
         n_init: Restarts (faiss ``nredo``); the one with the lowest training inertia wins.
-        init: ``"k-means++"``, ``"random"`` (k distinct data points, as faiss) or a
-            ``[k, D]`` tensor of initial centroids.
+        init: ``"k-means++"``, ``"random"`` (k distinct training points drawn from the torch
+            generator; faiss also starts from random points, but from its own random stream,
+            so this does not reproduce faiss' clusters) or a ``[k, D]`` tensor of initial
+            centroids.
         spherical: Re-normalise centroids to unit norm after each update (faiss
             ``spherical=True``); points are not normalised.
         max_points_per_centroid: Train on a random subset of ``k * max_points_per_centroid``
@@ -166,8 +173,11 @@ def kmeans(
             the end. ``None`` trains on everything.
         chunk_size: Rows per distance block (memory is ``chunk_size * k`` floats).
         backend: ``"torch"`` (default, deterministic for a seed on every machine),
-            ``"faiss"`` (needs ``faiss``; ``init`` is ignored, faiss uses random init) or
-            ``"auto"`` (faiss if importable, else torch).
+            ``"faiss"`` (``faiss.Kmeans`` + ``index.search`` via
+            :func:`densessl.ops.faiss_backend.faiss_kmeans`, CPU; ``init`` and
+            ``chunk_size`` are ignored; a missing faiss raises
+            :class:`~densessl.ops.faiss_backend.MissingFaissError`) or ``"auto"`` (faiss if
+            importable, else torch).
 
     Returns:
         :class:`KMeansResult` with centroids ``[k, D]`` (dtype of ``x`` or float32),
@@ -183,7 +193,13 @@ def kmeans(
     if backend == "auto":
         backend = "faiss" if faiss_available() else "torch"
     if backend == "faiss":
-        return _kmeans_faiss(x, k, iters, seed, n_init, spherical, max_points_per_centroid)
+        data = x.detach().float().cpu().numpy()
+        c, a, inertia = faiss_kmeans(
+            data, k, iters, seed, n_init, spherical, max_points_per_centroid
+        )
+        return KMeansResult(
+            torch.from_numpy(c).to(x.device), torch.from_numpy(a).to(x.device), inertia
+        )
     if backend != "torch":
         raise ValueError(f"backend must be 'torch', 'faiss' or 'auto', got {backend!r}")
 
@@ -204,40 +220,6 @@ def kmeans(
     assert best is not None
     labels = assign(x, best[0], chunk_size)[0]
     return KMeansResult(best[0], labels, _inertia(x, best[0], labels, chunk_size))
-
-
-def _kmeans_faiss(
-    x: Tensor,
-    k: int,
-    iters: int,
-    seed: int,
-    n_init: int,
-    spherical: bool,
-    max_points_per_centroid: int | None,
-) -> KMeansResult:
-    try:
-        import faiss
-    except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("backend='faiss' needs `pip install faiss-cpu`") from err
-    data = x.detach().float().cpu().contiguous().numpy()
-    mppc = max_points_per_centroid if max_points_per_centroid is not None else max(data.shape[0], 1)
-    km = faiss.Kmeans(
-        data.shape[1],
-        k,
-        niter=iters,
-        nredo=n_init,
-        seed=seed,
-        spherical=spherical,
-        max_points_per_centroid=mppc,
-        verbose=False,
-    )
-    km.train(data)
-    dist, labels = km.index.search(data, 1)
-    return KMeansResult(
-        torch.from_numpy(km.centroids.copy()).to(x.device),
-        torch.from_numpy(labels[:, 0].astype("int64")).to(x.device),
-        float(dist.astype("float64").sum()),
-    )
 
 
 # --------------------------------------------------------------------------- standardise / PCA
@@ -305,8 +287,10 @@ def fit_pca(x: Tensor, dim: int = 50, chunk_size: int = 65536) -> PCA:
 
     The covariance of the centred data is accumulated in float64 by chunks and
     eigen-decomposed (``torch.linalg.eigh``), which equals the SVD of the centred data but
-    keeps memory at ``D x D`` (faiss ``PCAMatrix`` does the same). Each axis is signed so
-    that its largest-magnitude entry is positive, which makes the projection deterministic.
+    keeps memory at ``D x D`` (faiss ``PCAMatrix`` also uses the covariance, but in float32
+    and on a sample of at most ``1000 * D`` rows, so the two differ above that many rows).
+    Each axis is signed so that its largest-magnitude entry is positive, which makes the
+    projection deterministic.
 
     Args:
         x: Data ``[N, D]``.
@@ -334,3 +318,49 @@ def fit_pca(x: Tensor, dim: int = 50, chunk_size: int = 65536) -> PCA:
 def pca(x: Tensor, dim: int = 50, chunk_size: int = 65536) -> Tensor:
     """Project ``x`` onto its first ``dim`` principal components (fit + transform)."""
     return fit_pca(x, dim, chunk_size).transform(x, chunk_size)
+
+
+def resolve_backend(backend: str) -> str:
+    """``"auto"``: faiss when importable, else torch; ``"faiss"`` without faiss: error."""
+    if backend == "auto":
+        return "faiss" if faiss_available() else "torch"
+    if backend == "faiss":
+        require_faiss("backend=faiss (the default of the official settings)")
+    elif backend != "torch":
+        raise ValueError(f"backend must be 'faiss', 'torch' or 'auto', got {backend!r}")
+    return backend
+
+
+def prepare_features(
+    x: Tensor,
+    *,
+    standardize: bool = True,
+    pca_dim: int | None = 50,
+    backend: str = "faiss",
+    chunk_size: int = 65536,
+) -> Tensor:
+    """Standardise and PCA-project ``x`` ``[N, D]`` the way ``backend`` does.
+
+    ``"faiss"`` (Leopart's ``normalize_and_transform``):
+    :func:`~densessl.ops.faiss_backend.standardize_inplace`, which overwrites ``x`` when it
+    is a contiguous float32 CPU tensor (as Leopart overwrites its features), then
+    :func:`~densessl.ops.faiss_backend.faiss_pca`; float32 CPU out. ``"torch"`` (an
+    approximation): :func:`fit_standardizer` and :func:`fit_pca` on every row in float64, on
+    the device of ``x``. PCA is skipped when ``pca_dim`` is None
+    or not below ``D``.
+    """
+    use_pca = pca_dim is not None and pca_dim < x.shape[1]
+    if backend == "faiss":
+        arr = x.detach().cpu().float().contiguous().numpy()
+        if standardize:
+            standardize_inplace(arr)
+        if use_pca:
+            arr = faiss_pca(arr, int(pca_dim))  # type: ignore[arg-type]
+        return torch.from_numpy(arr)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'faiss' or 'torch', got {backend!r}")
+    if standardize:
+        x = fit_standardizer(x, chunk_size).transform(x, chunk_size)
+    if use_pca:
+        x = fit_pca(x, int(pca_dim), chunk_size).transform(x, chunk_size)  # type: ignore[arg-type]
+    return x
