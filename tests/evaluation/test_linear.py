@@ -234,7 +234,7 @@ def test_from_dict_rejects_unknown_keys():
 def test_presets():
     paper = LinearProtocol()
     assert (paper.image_size, paper.feature_size, paper.eval_mask_size) == (448, 100, 448)
-    assert (paper.epochs, paper.batch_size, paper.lr, paper.lr_step_epoch) == (25, 60, 0.01, 20)
+    assert (paper.epochs, paper.batch_size, paper.lr, paper.lr_step_epoch) == (25, 120, 0.01, 20)
     assert LinearProtocol.fcn().head == "fcn" and LinearProtocol.fcn().epochs == 30
     scenes = LinearProtocol.for_scenes()
     assert scenes.image_size == scenes.eval_mask_size == 96 and scenes.cache_views >= 1

@@ -13,8 +13,23 @@ The ImageNet std is ``(0.229, 0.224, 0.225)``. open-hummingbird-eval uses
 :func:`sample_crop_box` and :func:`random_color_jitter` are the seeded paired-crop and
 colour-jitter augmentations of the dense-retrieval memory.
 
-Nearest label resizing uses torch's ``"nearest"`` mode (source index ``floor(i * in / out)``),
-the mode of Leopart's ``F.interpolate`` calls for masks and cluster maps.
+Nearest label resizing (:func:`resize_label`) knows two rules (:data:`LABEL_RULES`):
+
+* ``"pil"``: PIL's ``Image.resize(..., Image.NEAREST)``, which torchvision's
+  ``T.Resize(..., InterpolationMode.NEAREST)`` calls on a PIL image: the pixel-centre rule,
+  source index ``floor((i + 0.5) * in / out)``, with ``(i + 0.5) * in / out`` accumulated in
+  double precision the way Pillow's ``ImagingScaleAffine`` does, so that it matches PIL on
+  every size pair, ties included. Leopart resizes its label maps to 448 px this way
+  (``T.Resize`` in the val paths, ``F.resized_crop`` in training). torch's
+  ``mode="nearest-exact"`` is the same rule in float32 and picks the other source pixel
+  where ``(i + 0.5) * in / out`` is an exact integer (e.g. 448 -> 100, output 62).
+* ``"floor"``: torch's ``F.interpolate(mode="nearest")``, source index ``floor(i * in / out)``
+  (a half-pixel shift against a bilinear, ``align_corners=False`` image resize); Leopart's
+  ``F.interpolate`` calls from 448 px to the 100 px training / monitoring masks use it.
+
+The linear probe picks its rules through ``LinearProtocol.label_resize``
+(:mod:`densessl.evaluation.preprocess_labels`); :func:`resize_label` and
+:class:`ResizedSegmentation` default to ``"floor"``, the rule the other evaluators use.
 """
 
 from __future__ import annotations
@@ -23,6 +38,7 @@ import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -33,12 +49,14 @@ __all__ = [
     "HUMMINGBIRD_LEGACY_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "LABEL_RULES",
     "ResizedSegmentation",
     "collate_segmentation",
     "eval_mode",
     "extract_features",
     "extractor_device",
     "make_loader",
+    "nearest_index",
     "normalize",
     "random_color_jitter",
     "resize_image",
@@ -50,6 +68,9 @@ __all__ = [
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 HUMMINGBIRD_LEGACY_STD = (0.229, 0.224, 0.255)
+
+#: Nearest-neighbour rules of :func:`resize_label` (see the module docstring).
+LABEL_RULES = ("pil", "floor")
 
 Extractor = Callable[[Tensor], Tensor]
 
@@ -89,13 +110,44 @@ def resize_image(image: Tensor, size: int | Sequence[int]) -> Tensor:
     return x if batched else x[0]
 
 
-def resize_label(label: Tensor, size: int | Sequence[int]) -> Tensor:
-    """Nearest resize of a label map ``[H, W]`` or ``[B, H, W]``; int64 out."""
+def nearest_index(n_in: int, n_out: int, rule: str = "floor") -> Tensor:
+    """int64 ``[n_out]``: the source index of every output index of a nearest resize.
+
+    ``"pil"``: ``floor(x_i)`` with ``x_0 = in / out / 2`` and ``x_{i+1} = x_i + in / out``
+    summed in float64, as Pillow's nearest scaling does. ``"floor"``: the index torch's
+    ``F.interpolate(mode="nearest")`` reads (taken from torch itself).
+
+    Raises:
+        ValueError: Unknown ``rule`` or a size below 1.
+    """
+    if rule not in LABEL_RULES:
+        raise ValueError(f"unknown label resize rule {rule!r}; choose one of {LABEL_RULES}")
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be >= 1, got {n_in} -> {n_out}")
+    if rule == "floor":
+        src = torch.arange(n_in, dtype=torch.float32).view(1, 1, n_in, 1)
+        return F.interpolate(src, size=(n_out, 1), mode="nearest").view(n_out).long()
+    step = n_in / n_out
+    centres = np.add.accumulate(np.r_[step * 0.5, np.full(n_out - 1, step)])
+    return torch.from_numpy(np.minimum(centres.astype(np.int64), n_in - 1))
+
+
+def resize_label(label: Tensor, size: int | Sequence[int], rule: str = "floor") -> Tensor:
+    """Nearest resize of a label map ``[H, W]`` or ``[B, H, W]`` by ``rule``; int64 out.
+
+    Args:
+        label: Label map(s); any integer (or integral float) dtype.
+        size: Output side or ``(h, w)``.
+        rule: ``"floor"`` (torch ``"nearest"``) or ``"pil"`` (PIL ``NEAREST``); see the
+            module docstring.
+    """
     batched = label.ndim == 3
     x = label if batched else label.unsqueeze(0)
     size = _size(size)
     if tuple(x.shape[-2:]) != size:
-        x = F.interpolate(x.unsqueeze(1).float(), size=size, mode="nearest")[:, 0]
+        rows = nearest_index(x.shape[-2], size[0], rule).to(x.device)
+        cols = nearest_index(x.shape[-1], size[1], rule).to(x.device)
+        x = x.index_select(-2, rows).index_select(-1, cols)
     x = x.long()
     return x if batched else x[0]
 
@@ -181,6 +233,9 @@ class ResizedSegmentation(Dataset):
         mask_size: Side of the resized label map (default: ``image_size``).
         mean: Normalisation mean.
         std: Normalisation std.
+        label_resize: ``label [H, W] -> int64 [m, m]``, replacing the default
+            ``resize_label(label, mask_size)`` (floor rule); it must be picklable for
+            DataLoader workers (a module-level function or a ``functools.partial`` of one).
     """
 
     def __init__(
@@ -190,11 +245,13 @@ class ResizedSegmentation(Dataset):
         mask_size: int | Sequence[int] | None = None,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
+        label_resize: Callable[[Tensor], Tensor] | None = None,
     ) -> None:
         self.dataset = dataset
         self.image_size = _size(image_size)
         self.mask_size = _size(mask_size) if mask_size is not None else self.image_size
         self.mean, self.std = tuple(mean), tuple(std)
+        self.label_resize = label_resize
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]
@@ -202,7 +259,11 @@ class ResizedSegmentation(Dataset):
     def __getitem__(self, i: int) -> dict:
         item = self.dataset[i]
         image = normalize(resize_image(item["image"], self.image_size), self.mean, self.std)
-        label = resize_label(torch.as_tensor(item["label"]), self.mask_size)
+        label = torch.as_tensor(item["label"])
+        if self.label_resize is None:
+            label = resize_label(label, self.mask_size)
+        else:
+            label = self.label_resize(label)
         return {"image": image, "label": label, "index": int(item.get("index", i))}
 
 

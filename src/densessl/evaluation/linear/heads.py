@@ -141,7 +141,7 @@ def fit_head(
             extractor, dataset, protocol.cache_views, protocol.image_size,
             protocol.mask_size_train, gen, protocol.crop_scale, protocol.crop_ratio,
             num_classes, ignore, protocol.eval_batch_size, protocol.num_workers, device,
-            protocol.max_cache_gb, progress,
+            protocol.max_cache_gb, progress, protocol.label_resize,
         )  # fmt: skip
         dim, grid = cache[0].shape[2], list(cache[0].shape[3:])
     else:
@@ -190,6 +190,7 @@ def fit_head(
             views = PairedViews(
                 dataset, draw_seeds(n, gen), protocol.image_size, protocol.mask_size_train,
                 protocol.crop_scale, protocol.crop_ratio, protocol.flip, num_classes, ignore,
+                protocol.label_resize,
             )  # fmt: skip
             for batch in view_loader(views, order, protocol.batch_size, protocol.num_workers):
                 f = grid_features(extractor, batch["image"].to(device))

@@ -5,14 +5,27 @@ Leopart (Ziegler & Asano, CVPR 2022; MkuuWaUjinga/leopart @7835701,
 
 * The backbone is frozen (eval mode, no grad). Patch tokens ``[B, h, w, D]`` are bilinearly
   upsampled to 100 x 100 and a 1x1 conv (``D -> C``) predicts class logits; masks are
-  nearest-resized to 100 x 100; CrossEntropy with ``ignore_index=255``.
+  resized to 448 with PIL nearest, then to 100 x 100 with torch's floor-rule nearest
+  (:func:`densessl.evaluation.preprocess_labels.view_label`); CrossEntropy with
+  ``ignore_index=255``.
 * Training views: paired RandomResizedCrop(448, scale (0.8, 1)) + horizontal flip (p 0.5),
-  ImageNet normalisation. SGD (momentum 0.9, wd 1e-4), lr 0.01, batch 60, 25 epochs,
-  StepLR x0.1 at epoch 20. FCN head: 2 conv3x3 (512 ch, ReLU), concat input, dropout 0.1,
-  30 epochs, batch 32.
+  ImageNet normalisation. SGD (momentum 0.9, wd 1e-4), lr 0.01, 25 epochs, StepLR x0.1 at
+  epoch 20. FCN head: 2 conv3x3 (512 ch, ReLU), concat input, dropout 0.1, 30 epochs.
 * Final score: images resized to 448 x 448, features upsampled to 448, head, argmax,
-  dataset-level mIoU against the 448 x 448 nearest-resized GT, pixels labelled 255 dropped,
-  no class matching (:class:`densessl.evaluation.miou.ConfusionMatrix`).
+  dataset-level mIoU against the GT resized to 448 x 448 with PIL nearest, pixels labelled
+  255 dropped, no class matching (:class:`densessl.evaluation.miou.ConfusionMatrix`).
+
+**Batch.** Every ViT-S/16 linear config of Leopart (``experiments/linear_probing/configs/``:
+``pascal/``, ``coco-stuff/``, ``coco-things/``) sets ``gpus: 2`` and ``batch_size: 60``;
+``gpus > 1`` runs Lightning DDP, one process per GPU, each loading its own 60 images: a
+global batch of 120 per SGD step at lr 0.01 (the FCN configs: 2 x 32 = 64). The default
+``batch_size`` is therefore 120, in one process. The two are the same step up to how pixels
+are weighted: each DDP process takes the mean CrossEntropy over *its* labelled pixels and DDP
+averages the two gradients (each half weighs 1/2), while one process takes the mean over all
+labelled pixels of the 120 images (each half weighs its share of the labelled pixels). They
+agree exactly when both halves hold as many non-ignored pixels; weight decay, momentum and
+lr act on the averaged gradient in both, and the heads have no batch-norm to synchronise.
+Leopart's loaders also drop the last incomplete batch (``drop_last=True``, per process).
 
 How this implementation computes the same thing, and where it differs:
 
@@ -36,8 +49,9 @@ How this implementation computes the same thing, and where it differs:
 * **No checkpoint selection.** Leopart keeps the 3 best heads by a val mIoU monitored during
   training (8 batches at 100 px); we score the head after the last epoch, so the number
   is not selected on the evaluation set.
-* Every training batch is used (no ``drop_last``); ``seed`` fixes head init, data order,
-  crops, flips and dropout (the global RNG state is restored afterwards).
+* Every training batch is used (no ``drop_last``; VOC ``trainaug``: 89 steps per epoch at
+  batch 120, Leopart's DDP run 88); ``seed`` fixes head init, data order, crops, flips and
+  dropout (the global RNG state is restored afterwards).
 
 The heads and their training loop are in :mod:`densessl.evaluation.linear.heads` (re-exported
 here).
@@ -65,7 +79,7 @@ from densessl.evaluation.preprocess import (
     extractor_device,
     make_loader,
 )
-from densessl.evaluation.preprocess_labels import grid_features
+from densessl.evaluation.preprocess_labels import LABEL_RESIZE, grid_features, view_label_fn
 
 __all__ = [
     "FCNHead",
@@ -87,7 +101,13 @@ class LinearProtocol:
         mask_size_train: Side of the training logits and nearest-resized training masks.
         eval_mask_size: Logits are upsampled to this side and scored against the GT
             nearest-resized to it.
-        epochs / batch_size: Training length and batch.
+        label_resize: How label maps reach ``mask_size_train`` / ``eval_mask_size``:
+            ``"leopart"`` (PIL nearest to ``image_size``, then torch's floor-rule nearest)
+            or ``"floor"`` (floor rule at both steps; densessl before issue #26, whose eval
+            GT went to ``eval_mask_size`` in one step: the same unless it differs from
+            ``image_size``); :func:`densessl.evaluation.preprocess_labels.view_label`.
+        epochs / batch_size: Training length and batch (the global batch of one SGD step;
+            Leopart's 2 DDP processes x 60 = 120, see the module docstring).
         lr / momentum / weight_decay: SGD settings.
         lr_step_epoch / lr_gamma: StepLR (lr x ``lr_gamma`` every ``lr_step_epoch`` epochs).
         crop_scale / crop_ratio: RandomResizedCrop area fraction and aspect-ratio ranges.
@@ -107,8 +127,9 @@ class LinearProtocol:
     feature_size: int = 100
     mask_size_train: int = 100
     eval_mask_size: int = 448
+    label_resize: str = "leopart"
     epochs: int = 25
-    batch_size: int = 60
+    batch_size: int = 120
     lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -147,6 +168,7 @@ class LinearProtocol:
         self._check("crop_ratio", 0 < lo <= hi, "a pair 0 < lo <= hi")
         self._check("flip", isinstance(self.flip, bool), "a bool")
         self._check("head", self.head in HEADS, f"one of {HEADS}")
+        self._check("label_resize", self.label_resize in LABEL_RESIZE, f"one of {LABEL_RESIZE}")
 
     def _check(self, name: str, ok: bool, what: str) -> None:
         if not ok:
@@ -163,8 +185,9 @@ class LinearProtocol:
 
     @classmethod
     def fcn(cls, **overrides: Any) -> LinearProtocol:
-        """Leopart's FCN probe (ViT-S/16 configs): 30 epochs, batch 32, lr 0.01."""
-        return replace(cls(head="fcn", epochs=30, batch_size=32), **overrides)
+        """Leopart's FCN probe (``pascal/fcn/leopart-vits16-*.yml``): 30 epochs, lr 0.01,
+        ``gpus: 2`` x ``batch_size: 32`` = global batch 64."""
+        return replace(cls(head="fcn", epochs=30, batch_size=64), **overrides)
 
     @classmethod
     def for_scenes(cls, image_size: int = 96, **overrides: Any) -> LinearProtocol:
@@ -172,9 +195,11 @@ class LinearProtocol:
 
         Native resolution everywhere (``image_size`` for features, masks and scoring), two
         cached views per image (whole image + one crop), 30 epochs of batch 32 at lr 0.5
-        with a x0.1 step at epoch 24. The learning rate was chosen on a random-init
-        ViT-Tiny/8 (500 scenes, 1 thread): lr 0.05 -> 8.1 mIoU after 30 epochs (9.4 after
-        100), lr 0.5 -> 10.2 (12.0 after 100); the probe is under-trained at 0.05.
+        with a x0.1 step at epoch 24. The batch is this preset's own (a few hundred
+        images), not Leopart's 120; the lr was tuned with it. The learning rate was chosen
+        on a random-init ViT-Tiny/8 (500 scenes, 1 thread): lr 0.05 -> 8.1 mIoU after 30
+        epochs (9.4 after 100), lr 0.5 -> 10.2 (12.0 after 100); the probe is under-trained
+        at 0.05.
         Measured on 2 CPU cores, 400 train / 100 val scenes, 4-block ViT-Tiny/8 (128-192-d):
         10-13 s in all (3-5 s for the 900 cached backbone
         passes incl. scene rendering, ~7 s for the 390 head steps, 0.5 s to score).
@@ -214,6 +239,10 @@ def evaluate_head(
 ) -> dict[str, Any]:
     """Score a trained head: images at ``image_size``, logits and GT at ``eval_mask_size``.
 
+    The GT goes through ``view_label(label, image_size, eval_mask_size,
+    protocol.label_resize)`` (Leopart's ``eval_linear.py``: PIL nearest to 448, then
+    ``F.interpolate`` nearest to ``mask_eval_size``).
+
     Returns:
         ``{"miou", "per_class_iou", "num_pixels"}`` (dataset-level, no matching, 255 dropped).
     """
@@ -221,8 +250,9 @@ def evaluate_head(
     num_classes = int(dataset.num_classes)  # type: ignore[attr-defined]
     ignore = int(getattr(dataset, "ignore_index", 255))
     size = (protocol.eval_mask_size, protocol.eval_mask_size)
+    labels = view_label_fn(protocol.image_size, protocol.eval_mask_size, protocol.label_resize)
     loader = make_loader(
-        ResizedSegmentation(dataset, protocol.image_size, protocol.eval_mask_size),
+        ResizedSegmentation(dataset, protocol.image_size, label_resize=labels),
         protocol.eval_batch_size,
         protocol.num_workers,
     )
@@ -320,7 +350,7 @@ def describe_linear(p: LinearProtocol) -> str:
     return (
         f"{p.head} head on {p.image_size} px, scored at {p.eval_mask_size} px; "
         f"SGD lr {p.lr:g} (x{p.lr_gamma:g} at ep {p.lr_step_epoch}), {p.epochs} ep, "
-        f"batch {p.batch_size}; {views}; seed {p.seed}"
+        f"batch {p.batch_size}; {views}; labels {p.label_resize}; seed {p.seed}"
     )
 
 
