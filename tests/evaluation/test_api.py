@@ -199,7 +199,8 @@ def test_real_datasets_get_paper_presets_and_protocol_splits(monkeypatch):
     assert calls == [("val", {}), ("train", {"fraction": 0.1})]  # Leopart: 10% of train2017
     settings = record["settings"]
     assert (settings["image_size"], settings["eval_mask_size"]) == (448, 448)
-    assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (25, 0.01, 60)
+    # Leopart: 2 processes x 60 = a global batch of 120 at lr 0.01 (every ViT-S VOC/COCO config)
+    assert (settings["epochs"], settings["lr"], settings["batch_size"]) == (25, 0.01, 120)
     calls.clear()
     evaluate("linear", features, "voc", root="x", verbose=False, train_split="train")
     assert [c[0] for c in calls] == ["val", "train"]

@@ -332,3 +332,23 @@ def test_missing_faiss_is_a_config_error_naming_the_install(monkeypatch):
     assert evaluate_overclustering(HueOracle(), ToyRectangles(n=8), auto, progress=False)[
         "backend"
     ] == "torch"  # fmt: skip
+
+
+def test_gt_takes_leopart_label_rule_by_default():
+    from densessl.evaluation.overcluster import embed_dataset
+    from densessl.evaluation.preprocess_labels import view_label
+
+    assert OverclusterProtocol().label_resize == "leopart"
+    with pytest.raises(ValueError, match="label_resize"):
+        OverclusterProtocol(label_resize="bicubic")
+    data = ToyRectangles(n=6)  # image 5 is 48x40: both resizes move its labels
+
+    def patches(images: torch.Tensor) -> torch.Tensor:
+        return images[:, :, ::8, ::8].permute(0, 2, 3, 1)
+
+    patches.patch_size = 8  # type: ignore[attr-defined]
+    for rule in ("leopart", "floor"):
+        _, labels = embed_dataset(patches, data, 48, 10, progress=False, label_resize=rule)
+        for i in range(6):
+            expected = view_label(data[i]["label"], 48, 10, mode=rule)
+            assert torch.equal(labels[i], expected), rule

@@ -11,8 +11,8 @@ Leopart (MkuuWaUjinga/leopart @7835701, experiments/overcluster/sup_overcluster.
    rows, then ``transform`` in place), project them with ``faiss.PCAMatrix(D, 50)``.
 3. ``faiss.Kmeans(50, K, niter=100, nredo=5, seed=s, gpu=False)`` and ``index.search(x, 1)``
    for each seed 0-4.
-4. Upsample the cluster map to 100 x 100 (nearest); downsample the GT to 100 x 100
-   (nearest); drop pixels labelled 255.
+4. Upsample the cluster map to 100 x 100 (nearest); the GT goes to 448 with PIL nearest, then
+   to 100 with torch nearest (``label_resize="leopart"``); drop pixels labelled 255.
 5. Match clusters to classes: Hungarian when ``K == C``, greedy many-to-one by precision
    otherwise (``K = 500`` is the headline number on VOC); report mean (and std) over seeds.
 
@@ -25,9 +25,8 @@ against Leopart's functions). ``drop_last=None`` follows the official loader of 
 
 Remaining differences are named in every result (``"differences_from_official"``, see
 :func:`densessl.evaluation.overcluster_parity.differences_from_official`): the image resize
-(torch antialiased bilinear on floats; Leopart's PIL resize rounds to uint8); the GT resize
-(straight to ``mask_size``; Leopart: PIL nearest to 448, then torch nearest to 100); software
-versions (faiss-cpu/OpenBLAS here; faiss 1.7.1/MKL, scikit-learn 1.0.1, numpy 1.21.2 in
+(torch antialiased bilinear on floats; Leopart's PIL resize rounds to uint8); software versions
+(faiss-cpu/OpenBLAS here; faiss 1.7.1/MKL, scikit-learn 1.0.1, numpy 1.21.2 in
 Leopart's environment: same algorithms, possibly different float rounding; scikit-learn
 releases that cast the statistics to float32 before ``transform`` differ from 1.0.1 by at most
 2.4e-6 on the pinned test set, with the same assignments); COCO's unseeded val shuffle; ADE20K's
@@ -68,6 +67,7 @@ from densessl.evaluation.preprocess import (
     extract_features,
     make_loader,
 )
+from densessl.evaluation.preprocess_labels import LABEL_RESIZE, view_label_fn
 from densessl.ops.cluster import kmeans, prepare_features, resolve_backend
 
 __all__ = [
@@ -112,6 +112,9 @@ class OverclusterProtocol:
             or ``"auto"`` (faiss when importable, else torch).
         chunk_size: Rows per distance block in torch k-means / PCA.
         many_to_one_criterion: ``"precision"`` (Leopart) or ``"iou"``.
+        label_resize: ``"leopart"`` (PIL nearest to ``image_size``, then torch nearest to
+            ``mask_size``, as ``sup_overcluster.py``) or ``"floor"`` (torch nearest straight
+            to ``mask_size``); :mod:`densessl.evaluation.preprocess_labels`.
     """
 
     image_size: int = 448
@@ -130,8 +133,11 @@ class OverclusterProtocol:
     backend: str = "faiss"
     chunk_size: int = 65536
     many_to_one_criterion: str = "precision"
+    label_resize: str = "leopart"
 
     def __post_init__(self) -> None:
+        if self.label_resize not in LABEL_RESIZE:
+            raise ValueError(f"label_resize must be one of {LABEL_RESIZE}: {self.label_resize!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.batch_size < 1:
@@ -200,15 +206,18 @@ def embed_dataset(
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "embed",
+    label_resize: str = "floor",
 ) -> tuple[Tensor, Tensor]:
     """Patch features and resized labels of a whole labeled dataset.
+
+    ``label_resize``: the :func:`~densessl.evaluation.preprocess_labels.view_label` rule.
 
     Returns:
         ``(features [N, h, w, D] float32 on CPU, labels [N, mask_size, mask_size] int64)``.
     """
-    loader = make_loader(
-        ResizedSegmentation(dataset, image_size, mask_size), batch_size, num_workers
-    )
+    labels_fn = view_label_fn(image_size, mask_size, label_resize)
+    views = ResizedSegmentation(dataset, image_size, mask_size, label_resize=labels_fn)
+    loader = make_loader(views, batch_size, num_workers)
     feats, labels = [], []
     with eval_mode(extractor):
         for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
@@ -363,6 +372,7 @@ def evaluate_overclustering(
         device,
         progress,
         desc="overcluster: embed",
+        label_resize=protocol.label_resize,
     )
     h, w = feats.shape[1:3]
     out = cluster_and_score(

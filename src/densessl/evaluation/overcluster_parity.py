@@ -34,6 +34,7 @@ OFFICIAL_SETTINGS: dict[str, Any] = {
     "max_points_per_centroid": 256,
     "standardize": True,
     "many_to_one_criterion": "precision",
+    "label_resize": "leopart",
 }
 
 #: Measured on a toy set by an independent check (issue #26): per-seed mIoU of the torch path
@@ -135,9 +136,6 @@ def differences_from_official(
         "images: bilinear antialiased torch resize of the float image; Leopart resizes the "
         "PIL image (torchvision T.Resize, PIL bilinear) to uint8, so pixel values differ by "
         "that rounding",
-        "GT: resized from the original size straight to mask_size (torch nearest, floor "
-        "rule); Leopart resizes to image_size with PIL nearest, then to 100 with torch "
-        "nearest, so labels can differ along object edges",
         _software(),
     ]
     if backend != "faiss":
