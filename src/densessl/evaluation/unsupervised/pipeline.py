@@ -24,9 +24,11 @@ Leopart (Ziegler & Asano, CVPR 2022; MkuuWaUjinga/leopart @840e365,
 **Labels choose settings, as in the paper**: the CBFE cut and the community-detection
 settings (``k_community``, ``weight_threshold``, ``markov_time``) are picked by train-split
 mIoU (Optuna TPE over 300 trials in Leopart; a grid here). "Fully unsupervised" means no
-labels at test time. A setting whose partitions have more ids than classes is dropped from
-the search unless nothing else is left (Leopart's ``PredsmIoU`` assertion); when one is
-scored, unmatched ids count as background.
+labels at test time. A setting whose partitions Leopart's ``PredsmIoU(C, C)`` would refuse
+(more than C ids with pixels, or an id above C) is dropped from the search unless nothing
+else is left; as there, only ids 0 .. C-1 are matched, so with C communities (1-based ids)
+the last one counts as background
+(:func:`~densessl.evaluation.unsupervised.community_search.partition_is_valid`).
 
 Differences: k-means in torch (:mod:`densessl.ops.cluster`, k-means++ by default);
 the foreground clustering runs on token features weighted by the label pixels each token
