@@ -548,15 +548,11 @@ def test_gelu_follows_the_backbone_act_layer_tanh_by_default():
     # jax.nn.gelu(approximate=True), Flax's nn.gelu default, by its definition:
     flax = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3)))
     torch.testing.assert_close(F.gelu(x, approximate="tanh"), flax, rtol=0, atol=1e-12)
-    cfg = build_run_config("loca", get_method("loca").Params, "tiny", SMALL)
+    method, cfg = _method()
     assert cfg.backbone.act_layer == "gelu_tanh"
-    method = get_method("loca")(cfg.params, cfg.backbone, cfg.views)
     acts = [m for m in method.modules() if isinstance(m, torch.nn.GELU)]
     assert acts and all(m.approximate == "tanh" for m in acts)  # backbone and head
     assert method.predictor.block.gelu == "tanh"
-    exact = build_run_config(
-        "loca", get_method("loca").Params, "tiny", [*SMALL, "backbone.act_layer=gelu"]
-    )
-    method = get_method("loca")(exact.params, exact.backbone, exact.views)
+    method, _ = _method("backbone.act_layer=gelu")
     assert all(m.approximate == "none" for m in method.modules() if isinstance(m, torch.nn.GELU))
     assert method.predictor.block.gelu == "none"
