@@ -316,13 +316,15 @@ def test_interrupted_write_is_not_complete(tmp_path: Path, monkeypatch):
 
 
 def test_fast_enough():
-    """A loose guard (the benchmark asks >= 200 img/s); per-pixel Python would be ~100x off."""
+    """A loose guard against per-pixel Python (~2 img/s; the speed target, >= 200 img/s, is
+    benchmarks/scenes_throughput.py). CPU time of this process, so a loaded machine does not
+    fail it."""
     cfg = SceneConfig()
     render_scene(0, 0, cfg)
-    start = time.perf_counter()
+    start = time.process_time()
     for i in range(60):
         render_scene(i, 1, cfg)
-    assert 60 / (time.perf_counter() - start) > 60
+    assert 60 / max(time.process_time() - start, 1e-9) > 20
 
 
 def test_cli_writes_the_distinct_cue_set(tmp_path: Path, capsys):
