@@ -39,6 +39,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         init=args.init,
         overrides=args.overrides,
+        allow_nonempty=args.allow_nonempty,
     )
     print(f"run directory: {run} ({time.perf_counter() - start:.0f} s)")
     return 0
@@ -306,7 +307,17 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
         default="tiny",
         help="a preset shipped with the method (tiny, paper) or a YAML file's path",
     )
-    p.add_argument("--out", required=True, help="run directory (same --out again = resume)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="run directory: a new or empty folder, or a densessl run (same --out again = resume)",
+    )
+    p.add_argument(
+        "--allow-nonempty",
+        action="store_true",
+        help="start a run in a non-empty folder that is not a densessl run; its files are "
+        "never overwritten or deleted (a file named like one the run writes is refused)",
+    )
     length = p.add_mutually_exclusive_group()
     length.add_argument("--steps", type=int, default=None, help="training length in steps")
     length.add_argument("--epochs", type=int, default=None, help="training length in epochs")

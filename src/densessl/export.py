@@ -33,12 +33,18 @@ checkpoints use ``pos_interp="dino"``; plain timm matches them at ``img_size`` a
 Every file is written to a temporary name and renamed, so an interrupted export never leaves
 a half-written file under the final name. :func:`load_export` reads an export back as a
 :class:`~densessl.models.vit.ViTBackbone`.
+
+The export folder must be new, empty or an earlier densessl export (its ``meta.json`` says
+so, or, for one stopped before ``meta.json`` was written, the densessl mark in the metadata
+of ``model.safetensors``): only these three files are ever replaced, and a folder that is not
+an export is refused if it holds anything, so an export never overwrites a user's file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -47,6 +53,7 @@ import torch
 from torch import Tensor
 
 from densessl.config.schema import to_plain
+from densessl.errors import ConfigError
 from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from densessl.io.checkpoint import CheckpointError
 from densessl.models.vit import ViTBackbone
@@ -59,6 +66,43 @@ EXPORT_FORMAT_VERSION = 1
 #: Largest |difference| of patch features between densessl and plain timm accepted by
 #: the check at export time (float32 round-off is ~1e-6).
 TOLERANCE = 1e-4
+#: Names ``_write_atomic``'s temp files get (``tempfile.mkstemp``: 8 random characters).
+_TEMP = re.compile(r"\.(model\.safetensors|meta\.json|config\.json)\.[a-z0-9_]{8}\.tmp")
+
+
+def _is_densessl_export(folder: Path) -> bool:
+    """A finished export (``meta.json``) or one stopped before it (marked weights)."""
+    try:
+        if json.loads((folder / "meta.json").read_text()).get("format") == EXPORT_FORMAT:
+            return True
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(folder / WEIGHTS_NAME), "pt") as handle:
+            return (handle.metadata() or {}).get("densessl") == EXPORT_FORMAT
+    except Exception:  # missing, not safetensors: safetensors raises its own error types
+        return False
+
+
+def _check_out(out: Path) -> None:
+    """Refuse an export folder holding files densessl did not write (before any work)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"export --out {out} is a file; give a folder for the export")
+    if not out.is_dir():
+        return
+    try:
+        entries = sorted(p.name for p in out.iterdir() if not _TEMP.fullmatch(p.name))
+    except OSError as err:
+        raise ConfigError(f"export --out {out}: cannot list it: {err}") from err
+    if entries and not _is_densessl_export(out):
+        shown = ", ".join(entries[:5]) + (f" and {len(entries) - 5} more" if entries[5:] else "")
+        raise ConfigError(
+            f"export --out {out} holds files that are not a densessl export ({shown}); "
+            "densessl never overwrites files it did not write. Give a new or empty folder "
+            "(an earlier densessl export in it is replaced)"
+        )
 
 
 def _write_atomic(path: Path, write: Any) -> None:
@@ -173,7 +217,8 @@ def export_backbone(
     Args:
         source: a run directory (its EMA teacher, ``checkpoints/last.pt``), a densessl
             checkpoint file, an official DINO checkpoint, or a built ``ViTBackbone``.
-        out: the export folder (created; files of an earlier export are replaced).
+        out: the export folder: new, empty or an earlier densessl export (whose three files
+            are replaced; other files are left alone).
         which: ``"teacher"`` (what the methods evaluate) or ``"student"``.
         verify: rebuild the model with plain timm from the written files and check that its
             patch features equal the densessl backbone's (max |diff| is stored in meta.json).
@@ -184,21 +229,25 @@ def export_backbone(
     Raises:
         CheckpointError: nothing loadable at ``source``, or (``verify``) plain timm does not
             reproduce the features.
+        ConfigError: ``out`` is a file, or a folder holding files that are not a densessl
+            export (nothing is written then).
     """
     from safetensors.torch import save_file
 
     from densessl import __version__
 
+    out = Path(out).expanduser()
+    _check_out(out)
     backbone, origin = _resolve(source, which)
     spec = backbone.timm_spec()
-    out = Path(out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # an old meta.json must not bless new weights
     weights: dict[str, Tensor] = {
         k: v.detach().to("cpu", torch.float32 if v.is_floating_point() else v.dtype).contiguous()
         for k, v in backbone.model.state_dict().items()
     }
-    _write_atomic(out / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, {"format": "pt"}))
+    mark = {"format": "pt", "densessl": EXPORT_FORMAT}  # recognised by the next export here
+    _write_atomic(out / WEIGHTS_NAME, lambda tmp: save_file(weights, tmp, mark))
     _write_json(out / "config.json", _timm_config(backbone, spec))
     config = backbone.config
     import timm

@@ -97,7 +97,7 @@ def test_torn_metrics_line_is_dropped_on_resume(tmp_path):
 def test_stale_checkpoint_temp_files_removed_on_start(tmp_path):
     run = RunDirectory(tmp_path / "run")
     run.checkpoints.mkdir(parents=True)
-    stale = run.checkpoints / ".last.pt.abc123.tmp"
+    stale = run.checkpoints / ".last.pt.abc123xy.tmp"  # as tempfile.mkstemp names it
     stale.write_bytes(b"half a checkpoint")
     run.prepare({"method": "x"})
     assert not stale.exists()

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import collections.abc
 import dataclasses
-import json
 import time
 import types
 import typing
@@ -51,6 +50,7 @@ from densessl.errors import ConfigError
 from densessl.evaluation.features import PatchFeatureExtractor, build_extractor
 from densessl.evaluation.registry import get_protocol
 from densessl.evaluation.report import format_table, jsonable, summarize
+from densessl.evaluation.result_file import check_result_path, write_result
 
 __all__ = ["default_splits", "evaluate", "resolve_protocol"]
 
@@ -193,7 +193,8 @@ def evaluate(
         dataset: a registered dataset (``"scenes"``, ``"voc"``, ``"cocostuff"``,
             ``"cocothings"``, ``"ade20k"``).
         root: dataset folder (``None`` for scenes renders them on the fly).
-        out: write the result as JSON here (folders are created).
+        out: write the result as JSON here (folders are created); an existing file must be
+            an earlier densessl result (replaced), anything else is refused.
         overrides: ``["epochs=10", "data.num_images=200"]`` strings or a mapping.
         data: dataset options (``{"num_images": 200}``), same as ``data.*`` overrides.
         arch / patch_size / which / weights / init_seed: how to load ``backbone``.
@@ -214,6 +215,7 @@ def evaluate(
         FileNotFoundError: dataset files missing (the message names what is expected where).
     """
     start = time.perf_counter()
+    out_path = check_result_path(out)  # before any work: never over a user's file
     spec = get_protocol(protocol)
     name = spec.name
     try:
@@ -283,11 +285,9 @@ def evaluate(
     }
     record["summary"] = summarize(name, chosen, results)
     record["seconds"] = round(time.perf_counter() - start, 3)
-    if out is not None:
-        path = Path(out).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2) + "\n")
-        record["json"] = str(path)
+    if out_path is not None:
+        write_result(out_path, record)
+        record["json"] = str(out_path)
     if verbose:
         print(format_table(record), flush=True)
     return record

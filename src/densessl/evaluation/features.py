@@ -8,11 +8,12 @@ weights came from (:attr:`PatchFeatureExtractor.source`, written into every resu
 Batching, resizing to the protocol's resolution and progress bars belong to the protocols.
 
 :func:`build_extractor` picks the loader from a string (the CLI's ``--backbone``):
-``RUN_DIR`` (:func:`from_run`: ``config.yaml`` architecture, ``checkpoints/last.pt`` EMA
-teacher or student), ``FILE.pt|.pth`` (:func:`from_checkpoint`: densessl or official DINO),
-a folder or ``.safetensors`` with ``meta.json`` (:func:`from_export`), ``timm:NAME`` with a
-local weights file (:func:`from_timm`; nothing is downloaded), ``random:ARCH`` or
-``random:RUN_DIR`` (:func:`random_init`, seeded baselines).
+``RUN_DIR`` (:func:`from_run`: ``checkpoints/last.pt`` EMA teacher or student, built with
+the architecture embedded in it; a disagreeing ``config.yaml`` is refused), ``FILE.pt|.pth``
+(:func:`from_checkpoint`: densessl or official DINO), a folder or ``.safetensors`` with
+``meta.json`` (:func:`from_export`), ``timm:NAME`` with a local weights file
+(:func:`from_timm`; nothing is downloaded), ``random:ARCH`` or ``random:RUN_DIR``
+(:func:`random_init`, seeded baselines).
 """
 
 from __future__ import annotations
@@ -25,15 +26,14 @@ from typing import Any
 
 import timm
 import torch
-import yaml
 from torch import Tensor, nn
 
-from densessl.config.coerce import build_dataclass
 from densessl.config.schema import to_plain
 from densessl.errors import ConfigError
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file
 from densessl.models.dino_compat import infer_vit_fields
 from densessl.models.loading import backbone_from_state, load_timm_weights
+from densessl.models.run_arch import run_backbone_config, yaml_backbone_config
 from densessl.models.vit import ARCHS, BackboneConfig, ViTBackbone, build_backbone, describe_config
 
 __all__ = [
@@ -115,21 +115,25 @@ def _wrap(backbone: ViTBackbone, source: dict[str, Any], what: str) -> PatchFeat
     return PatchFeatureExtractor(backbone, config.patch_size, source)
 
 
-def _run_backbone_config(run_dir: Path) -> BackboneConfig:
+def _training_state(path: Path) -> dict[str, Any]:
+    state = load_file(path)
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a densessl training checkpoint")
+    return state
+
+
+def _run_architecture(run_dir: Path) -> BackboneConfig:
+    """``random:RUN_DIR``: the architecture of the run's checkpoint (``config.yaml`` must
+    agree), or of ``config.yaml`` while there is no checkpoint yet."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.is_file():
+        return run_backbone_config(run_dir, _training_state(last), last)
     path = run_dir / "config.yaml"
     if not path.is_file():
-        raise CheckpointError(f"{run_dir} is not a densessl run directory: no config.yaml in it")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise CheckpointError(f"{path}: not valid YAML: {err}") from err
-    section = tree.get("backbone") if isinstance(tree, dict) else None
-    if not isinstance(section, dict):
-        raise CheckpointError(f"{path} has no 'backbone' section describing the architecture")
-    try:
-        return build_dataclass(BackboneConfig, section, "backbone")
-    except ConfigError as err:
-        raise CheckpointError(f"{path}: {err}") from err
+        raise CheckpointError(
+            f"{run_dir} is not a densessl run directory: no config.yaml or checkpoints/last.pt"
+        )
+    return yaml_backbone_config(path)
 
 
 def from_run(
@@ -137,26 +141,29 @@ def from_run(
 ) -> PatchFeatureExtractor:
     """The backbone of a densessl run directory.
 
+    The architecture is the checkpoint's own (embedded) config; a ``config.yaml`` beside it
+    that disagrees is refused (:func:`~densessl.models.run_arch.run_backbone_config`).
+
     Args:
-        run_dir: folder holding ``config.yaml`` and ``checkpoints/last.pt``.
+        run_dir: folder holding ``checkpoints/last.pt`` (and ``config.yaml``).
         which: ``"teacher"`` (the EMA teacher, what the methods evaluate) or ``"student"``.
         checkpoint: another checkpoint of the run (e.g. ``checkpoints/step_0001000.pt``).
 
     Raises:
-        CheckpointError: missing or unreadable files, or weights that do not fit the
-            architecture in ``config.yaml``.
+        CheckpointError: missing or unreadable files, weights that do not fit, or a
+            ``config.yaml`` that disagrees with the checkpoint.
     """
     run_dir = Path(run_dir).expanduser()
-    config = _run_backbone_config(run_dir)
+    if (run_dir / "config.yaml").is_file():
+        yaml_backbone_config(run_dir / "config.yaml")  # a broken one is reported first
     path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.pt"
     if not path.is_file():
         raise CheckpointError(
             f"{run_dir} has no checkpoint {path.name} (looked for {path}); has the run "
             "written one yet (train.checkpoint_every)?"
         )
-    state = load_file(path)
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a densessl training checkpoint")
+    state = _training_state(path)
+    config = run_backbone_config(run_dir, state, path)
     backbone = backbone_from_state(state, path, config, which=which)
     source = {
         "kind": "run",
@@ -344,7 +351,7 @@ def random_init(
             raise ConfigError(
                 f"random init needs an arch ({', '.join(ARCHS)}) or a run directory; got {spec!r}"
             )
-        config, origin = _run_backbone_config(run_dir), str(run_dir)
+        config, origin = _run_architecture(run_dir), str(run_dir)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         backbone = build_backbone(config).eval()
@@ -386,7 +393,7 @@ def build_extractor(
         return from_timm(text.partition(":")[2], weights)
     path = Path(text).expanduser()
     if path.is_dir():
-        if (path / "config.yaml").is_file():
+        if (path / "config.yaml").is_file() or (path / "checkpoints" / "last.pt").is_file():
             return from_run(path, which)
         if (path / "meta.json").is_file():
             return from_export(path)

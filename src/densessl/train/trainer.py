@@ -27,8 +27,6 @@ from densessl.data.sources import build_pretrain_images
 from densessl.data.views.multicrop import MultiCropDataset, batch_to_device, collate_views
 from densessl.errors import ConfigError
 from densessl.io.checkpoint import (
-    load_training_state,
-    restore_rng_state,
     save_atomic,
     training_state,
 )
@@ -38,7 +36,6 @@ from densessl.ops.distributed import (
     all_reduce_mean,
     gather_buffers,
     init_from_env,
-    scatter_buffers,
     wrap_ddp,
 )
 from densessl.ops.schedules import cosine, warmup_cosine
@@ -51,6 +48,7 @@ from densessl.train.numerics import (
 )
 from densessl.train.precision import autocast, resolve_device, resolve_precision
 from densessl.train.run_dir import RunDirectory
+from densessl.train.startup import start_run
 from densessl.train.warm_start import warm_start
 
 __all__ = ["NonFiniteLossError", "Trainer", "pretrain", "read_metrics"]
@@ -59,12 +57,19 @@ __all__ = ["NonFiniteLossError", "Trainer", "pretrain", "read_metrics"]
 class Trainer:
     """Runs one pretraining job into a run directory (see :class:`RunDirectory`)."""
 
-    def __init__(self, config: RunConfig, out: Path | str, init: str | None = None) -> None:
+    def __init__(
+        self,
+        config: RunConfig,
+        out: Path | str,
+        init: str | None = None,
+        allow_nonempty: bool = False,
+    ) -> None:
         self.config = config
         self.device = resolve_device(config.train.device)
         self.rank, self.world_size = init_from_env(self.device)
         self.is_main = self.rank == 0
-        self.run_dir = RunDirectory(Path(out), is_main=self.is_main)
+        self.run_dir = RunDirectory(Path(out), self.is_main, allow_nonempty)
+        self.run_dir.check(config.data.path)  # a folder that is not a run: refused at once
         try:
             self.autocast_dtype, use_scaler = resolve_precision(config.train.precision, self.device)
         except ValueError as err:
@@ -148,31 +153,6 @@ class Trainer:
             if keep and self.step % keep == 0:
                 save_atomic(state, self.run_dir.step_checkpoint(self.step))
 
-    def _resume(self) -> None:
-        path = self.run_dir.last_checkpoint
-        state = load_training_state(path)
-        self.run_dir.check_same_config(self._saved_config(state["config"]), self.config.to_dict())
-        self.method.load_state_dict(state["model"])
-        try:
-            scatter_buffers(self.method, state.get("rank_local") or {})
-        except ValueError as err:
-            raise ConfigError(f"{path}: {err}") from err
-        self.optimizer.load_state_dict(state["optimizer"])
-        if self.scaler is not None and state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        restore_rng_state(state["rng"])
-        self.step = int(state["step"])
-        self.run_dir.truncate_metrics(self.step)
-
-    def _saved_config(self, saved: dict[str, Any]) -> dict[str, Any]:
-        """The checkpoint's config with today's defaults for keys it predates, so a run saved
-        before an option existed resumes when that option is left at its default."""
-        try:
-            full = build_run_config(self.config.method, type(self.config.params), None, saved)
-        except ConfigError:
-            return saved  # a key that no longer exists: compared as saved, and reported
-        return full.to_dict()
-
     # -- loop ------------------------------------------------------------------------------
     def _set_schedules(self) -> dict[str, float]:
         optim = self.config.optim
@@ -255,9 +235,7 @@ class Trainer:
         would (the schedules still follow ``total_steps``); running again resumes.
         """
         self._stop_at = stop_at
-        self.run_dir.prepare(self.config.to_dict())
-        if self.run_dir.last_checkpoint.is_file():
-            self._resume()
+        start_run(self)  # lock --out, check and load a checkpoint, only then write
         previous = signal.getsignal(signal.SIGINT)
         try:  # every process: torchrun forwards Ctrl-C to all of them
             signal.signal(signal.SIGINT, self._request_stop)
@@ -268,7 +246,7 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-            self.run_dir.close()
+            self.run_dir.close()  # also releases the lock of the run directory
         return self.run_dir.root
 
     def make_loader(self) -> DataLoader:
@@ -385,6 +363,7 @@ def pretrain(
     epochs: int | None = None,
     init: str | None = None,
     overrides: list[str] | None = None,
+    allow_nonempty: bool = False,
 ) -> Path:
     """Pretrain ``method`` on ``data`` into the run directory ``out`` (same as the CLI).
 
@@ -396,6 +375,8 @@ def pretrain(
         steps / epochs: training length (steps wins).
         init: warm-start weights (a densessl run/checkpoint or an official DINO checkpoint).
         overrides: ``key=value`` strings, e.g. ``["optim.lr=1e-3", "dino.out_dim=1024"]``.
+        allow_nonempty: start a new run in a non-empty folder that is not a densessl run
+            (its files are never overwritten or deleted; names the run writes are refused).
 
     Returns:
         The run directory.
@@ -409,7 +390,7 @@ def pretrain(
         items += [f"optim.epochs={epochs}", "optim.steps=null"]
     params_cls = get_method(method).Params
     config = build_run_config(method, params_cls, preset, items)
-    return Trainer(config, out, init=init).fit()
+    return Trainer(config, out, init=init, allow_nonempty=allow_nonempty).fit()
 
 
 def read_metrics(run: str | Path) -> list[dict[str, Any]]:

@@ -15,6 +15,7 @@ from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_
 from densessl.methods.base import Method
 from densessl.models.dino_compat import dino_state_dict_to_timm
 from densessl.models.loading import load_timm_weights
+from densessl.models.run_arch import run_backbone_config
 
 
 def resolve_weights_file(source: str | Path) -> Path:
@@ -29,10 +30,15 @@ def resolve_weights_file(source: str | Path) -> Path:
 
 
 def backbone_weights(source: str | Path) -> dict[str, torch.Tensor]:
-    """timm-layout backbone weights from a densessl checkpoint or an official DINO file."""
+    """timm-layout backbone weights from a densessl checkpoint or an official DINO file.
+
+    For a run directory its ``config.yaml`` must agree with the checkpoint's own config
+    (:func:`~densessl.models.run_arch.run_backbone_config`)."""
     path = resolve_weights_file(source)
     state = load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
+        if Path(source).expanduser().is_dir():
+            run_backbone_config(Path(source).expanduser(), state, path)
         return training_backbone_weights(state, "teacher")
     try:
         return dino_state_dict_to_timm(state)

@@ -35,15 +35,19 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from PIL.PngImagePlugin import PngInfo
 from torch import Tensor, nn
 
 from densessl.data.folder import list_image_files
+from densessl.errors import ConfigError
 from densessl.evaluation.preprocess import normalize, resize_image
 from densessl.io.decode import ImageDecodeError, display_path, load_rgb
 from densessl.viz.draw import compose_panel, heat_overlay, image_to_pil, label_overlay, map_to_pil
 from densessl.viz.pca import cluster_maps, foreground_mask, pca_rgb
 
 __all__ = ["collect_images", "feature_grid", "target_size", "visualize"]
+
+_SOFTWARE = "densessl viz"  # the PNG text chunk that marks a picture as densessl's
 
 
 @dataclass
@@ -141,13 +145,38 @@ def _tiles(
     return tiles
 
 
+def _is_own_png(path: Path) -> bool:
+    """A PNG that :func:`_save_png` wrote (its ``Software`` text chunk says so)."""
+    try:
+        with Image.open(path) as image:
+            return image.format == "PNG" and image.info.get("Software") == _SOFTWARE
+    except Exception:  # not an image, unreadable, a folder: PIL raises many types
+        return False
+
+
+def _check_targets(out: Path, paths: Sequence[Path]) -> None:
+    """Refuse to overwrite anything but an earlier densessl picture (before writing any)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"viz --out {out} is a file; give a folder for the panels")
+    foreign = [p for p in paths if p.exists() and not _is_own_png(p)]
+    if foreign:
+        more = f" (and {len(foreign) - 1} more)" if foreign[1:] else ""
+        raise ConfigError(
+            f"viz --out: {foreign[0]}{more} exists and was not written by densessl; densessl "
+            "never overwrites files it did not write. Give another --out"
+        )
+
+
 def _save_png(image: Image.Image, path: Path) -> Path:
-    """Write a PNG atomically (temporary file in the same folder, then rename)."""
+    """Write a PNG atomically (temporary file in the same folder, then rename), marked as
+    densessl's in its ``Software`` text chunk."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    info = PngInfo()
+    info.add_text("Software", _SOFTWARE)
     try:
         with os.fdopen(fd, "wb") as handle:
-            image.save(handle, format="PNG")
+            image.save(handle, format="PNG", pnginfo=info)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -210,7 +239,8 @@ def visualize(
         backbone: run directory, checkpoint, export, ``timm:NAME``, ``random:ARCH`` (as for
             ``densessl eval``) or a built ``ViTBackbone`` / evaluation extractor.
         images: a folder (recursive) or image files.
-        out: output folder; panels are named ``NNN_<image stem>.png`` in input order.
+        out: output folder; panels are named ``NNN_<image stem>.png`` in input order. A file
+            of that name that densessl did not write is refused (nothing is written then).
         size: shorter side of the image fed to the backbone, in pixels (DINO pictures use
             224-480 px; larger shows finer maps but costs quadratically more attention).
         clusters: k of the joint k-means (a few more than the number of object kinds).
@@ -230,7 +260,8 @@ def visualize(
 
     Raises:
         FileNotFoundError: missing paths or no image files.
-        CheckpointError / ConfigError: the backbone cannot be loaded.
+        CheckpointError / ConfigError: the backbone cannot be loaded; ConfigError: ``out``
+            is a file or holds a file of a panel's name that densessl did not write.
         ImageDecodeError: an image file given explicitly cannot be decoded (undecodable files
             found in a folder are skipped with a message).
         ValueError: bad ``size`` / ``clusters``.
@@ -269,10 +300,11 @@ def visualize(
         raise FileNotFoundError(f"none of the {len(files)} image files could be decoded")
     rgbs, labels = _joint_maps(seen, clusters, mask_background, threshold, seed)
     out = Path(out).expanduser()
+    targets = [out / f"{i:03d}_{path.stem}.png" for i, path in enumerate(kept)]
+    _check_targets(out, targets)
     written = []
-    for i, (path, s, rgb, lab) in enumerate(zip(kept, seen, rgbs, labels, strict=True)):
-        panel = compose_panel(_tiles(s, rgb, lab, clusters))
-        written.append(_save_png(panel, out / f"{i:03d}_{path.stem}.png"))
+    for target, s, rgb, lab in zip(targets, seen, rgbs, labels, strict=True):
+        written.append(_save_png(compose_panel(_tiles(s, rgb, lab, clusters)), target))
     return written
 
 
@@ -313,4 +345,5 @@ def feature_grid(
         row = _tiles(s, rgb, lab, clusters)
         tiles += row[:4]
     columns = 4 if seen[0].attention is not None else 3
+    _check_targets(Path(path).parent, [Path(path)])
     return _save_png(compose_panel(tiles, columns), Path(path))
