@@ -20,8 +20,7 @@ from densessl.io.checkpoint import CheckpointError
 from densessl.models.vit import BackboneConfig, build_backbone
 from densessl.train.trainer import Trainer
 from densessl.viz.panels import visualize
-
-from .helpers import tiny_config
+from helpers import robust_config as tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ from densessl.errors import ConfigError
 from densessl.io.checkpoint import load_training_state
 from densessl.train.run_dir import MARKER, RunDirectory
 from densessl.train.trainer import Trainer
-
-from .helpers import TINY, tiny_config
+from helpers import ROBUST_RUN as TINY
+from helpers import robust_config as tiny_config
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 
