@@ -8,6 +8,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from densessl.cli_errors import run_command
+
 PRETRAIN_HELP = """\
 Pretrain a ViT with a dense self-supervised method.
 
@@ -23,6 +25,10 @@ teacher_entropy nears it too, the teacher has gone uniform — lower optim.lr, w
 augmentation (views.photometric.*) or lower dino.teacher_temp; if teacher_batch_entropy
 falls far below ln(out_dim), few prototypes are used (one-hot collapse) — raise
 dino.teacher_temp. On small datasets a smaller dino.out_dim (1k-8k) is enough.
+
+Exit status: 0 done; 2 an error, explained (densessl: error: ...); 130 (SIGINT, Ctrl-C) or 143
+(SIGTERM, sent by SLURM, Docker, Kubernetes): stopped at the next step with a checkpoint; the same
+command resumes. SLURM: #SBATCH --signal=TERM@120 sends it ahead of the time limit.
 """
 
 
@@ -290,6 +296,7 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
         prog="densessl",
         description="Dense self-supervised pretraining of ViTs and dense-feature evaluation.",
     )
+    parser.add_argument("--debug", action="store_true", help="tracebacks (or DENSESSL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -397,20 +404,9 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser(with_protocols=words[:1] == ["eval"])
-    args = parser.parse_args(words)
-    from densessl.errors import ConfigError
-    from densessl.io.checkpoint import CheckpointError
-    from densessl.io.decode import ImageDecodeError
-
-    try:
-        return int(args.func(args))
-    except (ConfigError, CheckpointError, FileNotFoundError, ImageDecodeError) as err:
-        print(f"densessl: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("densessl: interrupted", file=sys.stderr)
-        return 130
+    command = next((w for w in words if not w.startswith("-")), None)
+    args = build_parser(with_protocols=command == "eval").parse_args(words)
+    return run_command(args.func, args)  # user errors: one line, exit 2 (see cli_errors)
 
 
 if __name__ == "__main__":

@@ -9,3 +9,8 @@ from __future__ import annotations
 
 class ConfigError(ValueError):
     """A configuration key or value is invalid; the message names the key."""
+
+
+class DataError(ValueError):
+    """A data file is unusable (a label with unknown ids, of the wrong size or format); the
+    message names the file. Raised while reading, so possibly in a DataLoader worker."""

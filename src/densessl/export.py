@@ -56,6 +56,7 @@ from densessl.config.schema import to_plain
 from densessl.errors import ConfigError
 from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from densessl.io.checkpoint import CheckpointError
+from densessl.io.writes import disk_full_named
 from densessl.models.vit import ViTBackbone
 
 __all__ = ["WEIGHTS_NAME", "export_backbone", "load_export", "timm_from_export"]
@@ -110,7 +111,8 @@ def _write_atomic(path: Path, write: Any) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        write(tmp)
+        with disk_full_named(path):  # a full disk names the export folder
+            write(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -51,6 +51,7 @@ from densessl.evaluation.features import PatchFeatureExtractor, build_extractor
 from densessl.evaluation.registry import get_protocol
 from densessl.evaluation.report import format_table, jsonable, summarize
 from densessl.evaluation.result_file import check_result_path, write_result
+from densessl.ops.devices import parse_device
 
 __all__ = ["default_splits", "evaluate", "resolve_protocol"]
 
@@ -216,6 +217,8 @@ def evaluate(
     """
     start = time.perf_counter()
     out_path = check_result_path(out)  # before any work: never over a user's file
+    default = "cuda" if torch.cuda.is_available() else "cpu"
+    device = parse_device(device or default, "--device")  # cuda:7 on a CPU machine: refused
     spec = get_protocol(protocol)
     name = spec.name
     try:
@@ -250,9 +253,6 @@ def evaluate(
     resolve_protocol(name, key, settings)  # bad values fail before the backbone loads
     load = {"arch": arch, "patch_size": patch_size, "which": which}
     extractor, source = _extractor(backbone, {**load, "weights": weights, "seed": init_seed})
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
     if isinstance(extractor, nn.Module):
         extractor = extractor.to(device)
 

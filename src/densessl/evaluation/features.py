@@ -18,7 +18,6 @@ the architecture embedded in it; a disagreeing ``config.yaml`` is refused), ``FI
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ from torch import Tensor, nn
 from densessl.config.schema import to_plain
 from densessl.errors import ConfigError
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file
-from densessl.models.dino_compat import infer_vit_fields
+from densessl.models.arch_checks import export_config
 from densessl.models.loading import backbone_from_state, load_timm_weights
 from densessl.models.run_arch import run_backbone_config, yaml_backbone_config
 from densessl.models.vit import ARCHS, BackboneConfig, ViTBackbone, build_backbone, describe_config
@@ -237,7 +236,9 @@ def from_export(path: str | Path) -> PatchFeatureExtractor:
 
     ``meta.json`` may hold ``"backbone"`` (:class:`~densessl.models.vit.BackboneConfig`
     fields; used as is) and ``"pos_interp"``; without ``"backbone"`` the architecture is
-    inferred from the weights (DINO widths 192/384/768).
+    inferred from the weights (DINO widths 192/384/768). Before anything is built, the
+    sizes it states must agree with each other and with the weight shapes
+    (:func:`~densessl.models.arch_checks.export_config`).
 
     Raises:
         CheckpointError: missing or unreadable files, or weights that do not fit.
@@ -256,16 +257,7 @@ def from_export(path: str | Path) -> PatchFeatureExtractor:
         weights = load_safetensors(str(weights_path))
     except Exception as err:  # safetensors raises its own error types
         raise CheckpointError(f"exported backbone {path}: cannot read it: {err}") from err
-    try:
-        fields = meta.get("backbone") or infer_vit_fields(weights)
-        fields = {"pos_interp": meta.get("pos_interp", "timm"), **fields}
-        names = {f.name for f in dataclasses.fields(BackboneConfig)}
-        config = BackboneConfig(**{k: v for k, v in fields.items() if k in names})
-    except (AttributeError, KeyError, TypeError, ValueError) as err:
-        raise CheckpointError(
-            f"{meta_path}: cannot determine the architecture ({err}); give it under "
-            "'backbone' as BackboneConfig fields (arch, patch_size, embed_dim, num_heads, ...)"
-        ) from err
+    config = export_config(meta, weights, str(meta_path))  # checked before allocating
     backbone = build_backbone(config)
     load_timm_weights(backbone, weights, source=str(weights_path))
     source = {"kind": "export", "path": str(weights_path), "meta": meta}

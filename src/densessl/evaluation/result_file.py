@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from densessl.errors import ConfigError
+from densessl.io.writes import disk_full_named
 
 __all__ = ["check_result_path", "write_result"]
 
@@ -49,7 +50,7 @@ def write_result(path: Path, record: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as handle:
+        with disk_full_named(path, "the result", kept=True), os.fdopen(fd, "w") as handle:
             handle.write(json.dumps(record, indent=2) + "\n")
         os.replace(tmp, path)
     except BaseException:

@@ -20,6 +20,7 @@ from typing import Any
 from torch import Tensor
 
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
+from densessl.models.arch_checks import check_config_fits
 from densessl.models.dino_compat import (
     dino_state_dict_to_timm,
     infer_vit_fields,
@@ -31,7 +32,10 @@ __all__ = ["backbone_from_state", "load_backbone", "load_timm_weights"]
 
 
 def _saved_backbone_fields(state: dict[str, Any]) -> dict[str, Any]:
-    saved = state.get("config", {}).get("backbone", {})
+    config = state.get("config")
+    saved = config.get("backbone") if isinstance(config, dict) else None
+    if not isinstance(saved, dict):
+        return {}
     names = {f.name for f in dataclasses.fields(BackboneConfig)}
     return {k: v for k, v in saved.items() if k in names}
 
@@ -102,6 +106,7 @@ def backbone_from_state(
             raise CheckpointError(f"{source}: {err}") from err
     if pos_interp is not None:
         config = dataclasses.replace(config, pos_interp=pos_interp)
+    check_config_fits(config, weights, str(source))  # a lying config: refused before building
     backbone = build_backbone(config)
     load_timm_weights(backbone, weights, source=str(source))
     return backbone.eval()

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import torch
 
+from densessl.ops.devices import parse_device
+
 
 def resolve_device(name: str = "auto") -> torch.device:
     """``auto`` → the local CUDA device when present (``LOCAL_RANK`` under torchrun), else CPU."""
@@ -21,10 +23,7 @@ def resolve_device(name: str = "auto") -> torch.device:
 
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"train.device={name!r} but no CUDA device is available")
-    return device
+    return parse_device(name, "train.device")  # ConfigError: not a device, or not here
 
 
 def cpu_has_native_bf16() -> bool:

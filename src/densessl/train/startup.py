@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from densessl.config.presets import build_run_config
 from densessl.errors import ConfigError
-from densessl.io.checkpoint import load_training_state, restore_rng_state
+from densessl.io.checkpoint import entries_fit, load_training_state, restore_rng_state
 from densessl.ops.distributed import agree_any, scatter_buffers
 
 if TYPE_CHECKING:
@@ -64,15 +64,16 @@ def resume(trainer: Trainer) -> None:
     state = load_training_state(path)
     current = trainer.config.to_dict()
     trainer.run_dir.check_same_config(_saved_config(trainer, state["config"]), current)
-    trainer.method.load_state_dict(state["model"])
-    try:
-        scatter_buffers(trainer.method, state.get("rank_local") or {})
-    except ValueError as err:
-        raise ConfigError(f"{path}: {err}") from err
-    trainer.optimizer.load_state_dict(state["optimizer"])
-    if trainer.scaler is not None and state.get("scaler"):
-        trainer.scaler.load_state_dict(state["scaler"])
-    restore_rng_state(state["rng"])
+    with entries_fit(path):  # wrong shapes or keys: CheckpointError naming the file
+        trainer.method.load_state_dict(state["model"])
+        try:
+            scatter_buffers(trainer.method, state.get("rank_local") or {})
+        except ValueError as err:
+            raise ConfigError(f"{path}: {err}") from err
+        trainer.optimizer.load_state_dict(state["optimizer"])
+        if trainer.scaler is not None and state.get("scaler"):
+            trainer.scaler.load_state_dict(state["scaler"])
+        restore_rng_state(state["rng"])
     trainer.step = int(state["step"])
     trainer.run_dir.truncate_metrics(trainer.step)
 

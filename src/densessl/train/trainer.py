@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -48,6 +47,7 @@ from densessl.train.numerics import (
 )
 from densessl.train.precision import autocast, resolve_device, resolve_precision
 from densessl.train.run_dir import RunDirectory
+from densessl.train.signals import StopSignals, ignore_stop_signals
 from densessl.train.startup import start_run
 from densessl.train.warm_start import warm_start
 
@@ -77,7 +77,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type) if use_scaler else None
         self.init = init
         self._stop_requested = False
-        self._signalled = False
+        self._signals = StopSignals()  # SIGINT / SIGTERM: checkpoint, then stop
         self._stop_at: int | None = None
 
         torch.manual_seed(config.train.seed)
@@ -225,27 +225,22 @@ class Trainer:
             named = dict(zip(with_grad, norms, strict=True))
         raise nonfinite_gradient_error(step, named, out, self.run_dir.last_checkpoint)
 
-    def _request_stop(self, signum: int, frame: Any) -> None:
-        self._signalled = True
-
     def fit(self, stop_at: int | None = None) -> Path:
         """Train to ``total_steps`` (resuming if the run directory has a checkpoint).
 
         ``stop_at`` ends the process early at that step with a checkpoint, as a preemption
         would (the schedules still follow ``total_steps``); running again resumes.
+
+        Raises:
+            TrainingInterrupted: SIGINT or SIGTERM came before the last step; a checkpoint
+                was written at the next step boundary (:mod:`densessl.train.signals`).
         """
         self._stop_at = stop_at
         start_run(self)  # lock --out, check and load a checkpoint, only then write
-        previous = signal.getsignal(signal.SIGINT)
-        try:  # every process: torchrun forwards Ctrl-C to all of them
-            signal.signal(signal.SIGINT, self._request_stop)
-        except ValueError:  # not in the main thread
-            previous = None
-        try:
-            self._loop()
+        try:  # every process: torchrun forwards Ctrl-C and SIGTERM to all of them
+            with self._signals:
+                self._loop()
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
             self.run_dir.close()  # also releases the lock of the run directory
         return self.run_dir.root
 
@@ -262,6 +257,7 @@ class Trainer:
             drop_last=True,
             persistent_workers=workers > 0,
             generator=torch.Generator().manual_seed(self.config.train.seed),
+            worker_init_fn=ignore_stop_signals,  # the main process decides when to stop
         )
 
     def _loop(self) -> None:
@@ -290,11 +286,11 @@ class Trainer:
                 minutes = (time.monotonic() - last_save) / 60
                 timed_save = minutes >= cfg.train.checkpoint_minutes
                 if self.world_size == 1:
-                    self._stop_requested |= self._signalled
+                    self._stop_requested |= self._signals.agree()
                 elif self.step % cfg.train.log_every == 0:
                     # Signals and clocks are per process: decide together at log steps.
-                    stop, timed_save = agree_any([self._signalled, timed_save], self.device)
-                    self._stop_requested |= stop
+                    *stop, timed_save = agree_any([*self._signals.flags(), timed_save], self.device)
+                    self._stop_requested |= self._signals.agree(stop)
                 else:
                     timed_save = False
                 if self.step % cfg.train.log_every == 0 or done or self._stop_requested:
@@ -318,11 +314,8 @@ class Trainer:
                     break
                 fetch_start = time.perf_counter()
         progress.close()
-        if self._stop_requested and self._stop_at is None:
-            self.run_dir.say(
-                f"interrupted at step {self.step}; checkpoint saved. Run the same command "
-                "again to resume."
-            )
+        if self._signals.agreed is not None and self.step < self.total_steps:
+            raise self._signals.interrupted(self.step, self.run_dir.last_checkpoint, self.is_main)
 
     def _check_finite(self, sums: dict[str, torch.Tensor]) -> None:
         """Never write a checkpoint after a non-finite loss or gradient (one host sync)."""

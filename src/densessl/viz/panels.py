@@ -42,6 +42,7 @@ from densessl.data.folder import list_image_files
 from densessl.errors import ConfigError
 from densessl.evaluation.preprocess import normalize, resize_image
 from densessl.io.decode import ImageDecodeError, display_path, load_rgb
+from densessl.ops.devices import parse_device
 from densessl.viz.draw import compose_panel, heat_overlay, image_to_pil, label_overlay, map_to_pil
 from densessl.viz.pca import cluster_maps, foreground_mask, pca_rgb
 
@@ -211,7 +212,7 @@ def _load_model(
         backbone, arch=arch, patch_size=patch_size, which=which, weights=weights
     )
     target = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    return model.to(target)
+    return model.to(parse_device(target, "--device"))
 
 
 def visualize(

@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from densessl.errors import DataError
 from densessl.io.decode import ImageDecodeError, load_rgb
 
 IGNORE_INDEX = 255
@@ -159,9 +160,9 @@ def read_label_png(path: Path) -> np.ndarray:
             mode = im.mode
             arr = np.array(im)
     except Exception as e:
-        raise ValueError(f"cannot read label file {path}: {type(e).__name__}: {e}") from e
+        raise DataError(f"cannot read label file {path}: {type(e).__name__}: {e}") from e
     if arr.ndim != 2:
-        raise ValueError(
+        raise DataError(
             f"label file {path} has mode {mode!r} and shape {arr.shape}: expected a "
             "single-channel PNG of class indices (palette 'P' or grayscale 'L'), not colours"
         )
@@ -220,13 +221,13 @@ class SegmentationFiles(Dataset):
         """
         raw = np.asarray(raw)
         if raw.dtype.kind not in "ui" or (raw.size and (raw.min() < 0)):
-            raise ValueError(f"{self.name} label {path} holds non-index values ({raw.dtype})")
+            raise DataError(f"{self.name} label {path} holds non-index values ({raw.dtype})")
         big = raw >= len(self.table)
         mapped = self.table[np.where(big, 0, raw)]
         bad = big | (mapped < 0)
         if bad.any():
             ids = sorted({int(v) for v in np.unique(raw[bad])})
-            raise ValueError(
+            raise DataError(
                 f"{self.name} label {path} holds ids {ids[:10]} outside the known range "
                 f"({self.valid_ids_text()})"
             )
@@ -249,7 +250,7 @@ class SegmentationFiles(Dataset):
                 f"{image_path} is {tuple(image.shape[1:])}"
             )
             if self.size_mismatch == "error":
-                raise ValueError(msg)
+                raise DataError(msg)
             warnings.warn(msg + "; label resized (nearest)", stacklevel=2)
             label = torch.nn.functional.interpolate(
                 label[None, None].float(), size=tuple(image.shape[1:]), mode="nearest"
