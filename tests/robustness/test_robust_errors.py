@@ -27,8 +27,8 @@ from densessl.io.writes import DiskFullError
 from densessl.methods.base import get_method
 from densessl.models.vit import BackboneConfig, build_backbone
 from densessl.train.trainer import Trainer
-
-from .helpers import TINY, tiny_config
+from helpers import ROBUST_RUN as TINY
+from helpers import robust_config as tiny_config
 
 
 def _run(argv: list[str], capsys) -> tuple[int, str]:

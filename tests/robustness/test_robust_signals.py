@@ -21,8 +21,8 @@ import torch
 
 from densessl.train.signals import StopSignals, TrainingInterrupted
 from densessl.train.trainer import Trainer, read_metrics
-
-from .helpers import TINY, tiny_config
+from helpers import ROBUST_RUN as TINY
+from helpers import robust_config as tiny_config
 
 STEPS = 30
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}

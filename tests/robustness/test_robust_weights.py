@@ -30,8 +30,7 @@ from densessl.models.loading import load_backbone
 from densessl.models.vit import BackboneConfig, build_backbone
 from densessl.train.trainer import Trainer
 from densessl.train.warm_start import backbone_weights
-
-from .helpers import tiny_config
+from helpers import robust_config as tiny_config
 
 TINY_VIT = BackboneConfig(arch="vit_tiny", depth=1, img_size=224, patch_size=16)  # DINO width
 
