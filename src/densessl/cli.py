@@ -79,9 +79,10 @@ directory's results go to RUN/eval/<protocol>_<dataset>.json.
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from densessl.evaluation.api import evaluate
+    from densessl.io.paths import user_path
 
     out = args.out
-    backbone = Path(args.backbone).expanduser()
+    backbone = user_path(args.backbone)
     if out is None and backbone.is_dir() and (backbone / "config.yaml").is_file():
         out = backbone / "eval" / f"{args.protocol_name}_{args.dataset}.json"
     record = evaluate(
@@ -120,19 +121,16 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def _cmd_scenes(args: argparse.Namespace) -> int:
-    from densessl.data.scenes.dataset import (
-        SceneConfig,
-        format_statistics,
-        scene_statistics,
-        write_scenes,
-    )
+    from densessl.data.scenes.dataset import check_scene_options as check
+    from densessl.data.scenes.dataset import format_statistics, scene_statistics, write_scenes
     from densessl.errors import ConfigError
 
+    opts = {k: f"--{k.replace('_', '-')}" for k in ("num_images", "size", "seed", "class_set")}
+    config = check(args.num_images, args.size, args.seed, args.class_set, names=opts)
     try:
-        config = SceneConfig(class_set=args.class_set)
-    except ValueError as err:  # the valid names live in densessl.data.scenes.render.CLASS_SETS
-        raise ConfigError(f"--class-set: {err}") from err
-    out = write_scenes(args.out, args.num_images, args.size, args.seed, config=config)
+        out = write_scenes(args.out, args.num_images, args.size, args.seed, config=config)
+    except (FileExistsError, NotADirectoryError) as err:  # a file, a folder of other files
+        raise ConfigError(f"--out: {err}") from None
     print(f"wrote {args.num_images} scenes ({args.size} px, seed {args.seed}) to {out}")
     print(format_statistics(scene_statistics(out)))
     return 0
@@ -225,6 +223,13 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse names the option and exits with 2)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return int(text)
+
+
 def _eval_options(datasets: Sequence[str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -239,7 +244,7 @@ def _eval_options(datasets: Sequence[str]) -> argparse.ArgumentParser:
     common.add_argument("--root", help="dataset folder (scenes: a `densessl scenes` folder)")
     common.add_argument("--out", help="write the result JSON here")
     common.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
-    common.add_argument("--patch-size", type=int, help="patch size with --arch (default 16)")
+    common.add_argument("--patch-size", type=_positive, help="patch size with --arch (default 16)")
     common.add_argument("--which", default="teacher", choices=("teacher", "student"))
     common.add_argument("--weights", help="local weights file for --backbone timm:NAME")
     common.add_argument("--init-seed", type=int, default=0, help="seed of --backbone random:...")
@@ -357,7 +362,7 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--max-images", type=int, default=16, help="use the first N images (0: all)")
     p.add_argument("--which", default="teacher", choices=("teacher", "student"))
     p.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
-    p.add_argument("--patch-size", type=int, help="patch size with --arch (default 16)")
+    p.add_argument("--patch-size", type=_positive, help="patch size with --arch (default 16)")
     p.add_argument("--weights", help="local weights file for --backbone timm:NAME")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")

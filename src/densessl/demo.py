@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from densessl.data.scenes.dataset import format_statistics, scene_statistics, write_scenes
+from densessl.methods.base import get_method
 from densessl.train.trainer import pretrain, read_metrics
 
 PROTOCOLS = ("linear", "cluster", "retrieval")
@@ -86,6 +87,7 @@ def run_demo(
 ) -> Path:
     """Run the demo into ``out`` and return the pretraining run directory."""
     start = time.perf_counter()
+    get_method(method)  # an unknown name fails before the scenes are written
     out = Path(out)
     scenes = out / "scenes"
     if not (scenes / "classes.json").is_file():

@@ -12,11 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from densessl.config.coerce import coerce_value, merge_trees, parse_overrides
+from densessl.config.coerce import coerce_value, merge_trees, parse_override_items
 from densessl.config.schema import RunConfig
-from densessl.errors import ConfigError
+from densessl.config.strict_yaml import plain, read_yaml_file
+from densessl.errors import ConfigError, brief, printable
 from densessl.methods.base import get_method
 
 
@@ -40,24 +39,23 @@ def preset_path(method: str, preset: str) -> Path:
     if candidate.suffix in (".yaml", ".yml") and candidate.is_file():
         return candidate
     if candidate.suffix in (".yaml", ".yml"):
-        raise ConfigError(f"preset file {candidate} does not exist")
+        raise ConfigError(f"preset file {printable(str(candidate))} does not exist")
     path = presets_dir(method) / f"{preset}.yaml"
     if not path.is_file():
         raise ConfigError(
-            f"no preset '{preset}' for method '{method}' (looked for {path}); "
+            f"no preset {brief(preset)} for method '{method}' (looked for {printable(str(path))}); "
             f"available: {', '.join(list_presets(method)) or 'none'}"
         )
     return path
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    """A preset file's mapping (anchors, aliases and duplicate keys refused)."""
+    data = read_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(
-            f"{path}: expected a mapping of config sections, got {type(data).__name__}"
+            f"{printable(str(path))}: expected a mapping of config sections, "
+            f"got {type(data).__name__}"
         )
     return data
 
@@ -71,13 +69,16 @@ def load_preset(method: str, preset: str, _chain: tuple[Path, ...] = ()) -> dict
     path = preset_path(method, preset).resolve()
     if path in _chain:
         cycle = " -> ".join(str(p) for p in (*_chain, path))
-        raise ConfigError(f"{path}: 'extends' forms a cycle: {cycle}")
+        raise ConfigError(f"{printable(str(path))}: 'extends' forms a cycle: {printable(cycle)}")
     tree = read_yaml(path)
     base = tree.pop("extends", None)
     if base is None:
         return tree
     if not isinstance(base, str) or not base:
-        raise ConfigError(f"{path}: 'extends' must name a preset or a YAML file, got {base!r}")
+        raise ConfigError(
+            f"{printable(str(path))}: 'extends' must name a preset or a YAML file, "
+            f"got {brief(base)}"
+        )
     if base.endswith((".yaml", ".yml")):
         base = str(path.parent / base)
     return merge_trees(load_preset(method, base, (*_chain, path)), tree)
@@ -104,17 +105,20 @@ def build_run_config(
         if isinstance(overrides, Mapping):
             update = dict(overrides)
         else:
-            update = parse_overrides(list(overrides))
+            update = parse_override_items(list(overrides))
         tree = merge_trees(tree, update)
-    file_method = tree.pop("method", method)
+    file_method = plain(tree.pop("method", method), "method")
     if file_method != method:
-        raise ConfigError(f"config says method '{file_method}' but '{method}' was requested")
+        raise ConfigError(
+            f"config says method {brief(file_method)} but '{method}' was requested"
+        )
     sections = {name: tree.pop(name, {}) for name in RunConfig.SECTIONS}
     params = tree.pop(method, {})
     if tree:
         valid = [*RunConfig.SECTIONS, method, "method"]
         raise ConfigError(
-            f"unknown config key '{next(iter(tree))}'; valid top-level keys: {', '.join(valid)}"
+            f"unknown config key {brief(next(iter(tree)))}; valid top-level keys: "
+            f"{', '.join(valid)}"
         )
     hints = typing.get_type_hints(RunConfig)
     built = {name: coerce_value(sections[name], hints[name], name) for name in RunConfig.SECTIONS}

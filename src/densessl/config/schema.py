@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from densessl.data.views.multicrop import ViewsConfig
+from densessl.errors import ConfigError, brief
 from densessl.models.vit import BackboneConfig
 
 
@@ -50,7 +51,9 @@ class DataConfig:
         _check_min("data", self, batch_size=1, num_workers=0, min_size=0)
         _check_min("data", self, scenes_num_images=1, scenes_size=1)
         if self.on_corrupt not in ("skip", "raise"):
-            raise ValueError(f"data.on_corrupt must be 'skip' or 'raise', got {self.on_corrupt!r}")
+            raise ValueError(
+                f"data.on_corrupt must be 'skip' or 'raise', got {brief(self.on_corrupt)}"
+            )
 
 
 @dataclass
@@ -145,7 +148,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.precision not in ("auto", "fp32", "bf16", "fp16"):
             raise ValueError(
-                f"train.precision must be one of auto, fp32, bf16, fp16; got {self.precision!r}"
+                "train.precision must be one of auto, fp32, bf16, fp16; "
+                f"got {brief(self.precision)}"
             )
         _check_min("train", self, log_every=1, checkpoint_every=1, keep_every=0)
         if not self.checkpoint_minutes > 0:
@@ -156,7 +160,7 @@ def _check_min(section: str, obj: Any, **minimum: float) -> None:
     """Raise ``ValueError`` naming ``section.key`` for the first value below its minimum."""
     for name, low in minimum.items():
         value = getattr(obj, name)
-        if value < low:
+        if not value >= low:  # NaN too (dataclasses built in Python skip the coercion)
             raise ValueError(f"{section}.{name} must be >= {low}, got {value}")
 
 
@@ -173,6 +177,22 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     SECTIONS: typing.ClassVar[tuple[str, ...]] = ("backbone", "views", "data", "optim", "train")
+
+    def __post_init__(self) -> None:
+        # Every method feeds whole crops to the ViT, whose patch grid needs sides that are
+        # multiples of the patch size (the first forward pass would fail otherwise).
+        patch = self.backbone.patch_size
+        sizes = {"views.global_size": self.views.global_size}
+        if self.views.num_local:
+            sizes["views.local_size"] = self.views.local_size
+        for key, size in sizes.items():
+            if size % patch:
+                low, high = (size // patch) * patch, (size // patch + 1) * patch
+                fits = f"{low} or {high}" if low else str(high)
+                raise ConfigError(
+                    f"{key}={size} is not a multiple of backbone.patch_size={patch}: the ViT "
+                    f"cuts crops into {patch}x{patch} patches; use e.g. {fits}"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"method": self.method}

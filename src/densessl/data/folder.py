@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from densessl.errors import printable
 from densessl.io.decode import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -246,7 +247,8 @@ class ImageFolderDataset(Dataset):
             self.files.append(path)
         if self.skipped:
             named = "; ".join(
-                f"{display_path(s.path)} ({s.reason})" for s in self.skipped[:_NAMED_IN_WARNING]
+                f"{display_path(s.path)} ({printable(s.reason)})"
+                for s in self.skipped[:_NAMED_IN_WARNING]
             )
             more = len(self.skipped) - _NAMED_IN_WARNING
             warnings.warn(

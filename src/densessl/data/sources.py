@@ -7,7 +7,9 @@ from pathlib import Path
 from torch.utils.data import Dataset
 
 from densessl.config.schema import DataConfig
-from densessl.errors import ConfigError
+from densessl.errors import ConfigError, brief
+from densessl.io.decode import display_path
+from densessl.io.paths import user_path
 
 
 def build_pretrain_images(cfg: DataConfig) -> Dataset:
@@ -32,16 +34,21 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
             raise ConfigError(
                 f"data.scenes_*: {err} (data.scenes_size={cfg.scenes_size}, "
                 f"data.scenes_num_images={cfg.scenes_num_images}, "
-                f"data.scenes_class_set={cfg.scenes_class_set!r})"
+                f"data.scenes_class_set={brief(cfg.scenes_class_set)})"
             ) from err
-    root = Path(cfg.path).expanduser()
-    if not root.exists():
+    root = user_path(cfg.path)
+    try:
+        exists = root.exists()
+    except (OSError, ValueError) as err:  # a name too long, a NUL character
+        reason = getattr(err, "strerror", None) or err
+        raise ConfigError(f"data.path: {display_path(root)} cannot be used: {reason}") from None
+    if not exists:
         raise ConfigError(
-            f"data.path: {root} does not exist; give a folder of images, or 'scenes' for "
-            "generated synthetic scenes"
+            f"data.path: {display_path(root)} does not exist; give a folder of images, or "
+            "'scenes' for generated synthetic scenes"
         )
     if not root.is_dir():
-        raise ConfigError(f"data.path: {root} is a file; give a folder of images")
+        raise ConfigError(f"data.path: {display_path(root)} is a file; give a folder of images")
     from densessl.data.folder import ImageFolderDataset
 
     train_list = root / "splits" / "train.txt"
@@ -53,5 +60,7 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
         keep = {line.strip() for line in train_list.read_text().splitlines() if line.strip()}
         images.files = [f for f in images.files if Path(f).stem in keep]
         if not images.files:
-            raise ConfigError(f"data.path: none of the images listed in {train_list} exist")
+            raise ConfigError(
+                f"data.path: none of the images listed in {display_path(train_list)} exist"
+            )
     return images

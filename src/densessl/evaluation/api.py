@@ -32,10 +32,8 @@ under ``data.`` (``data.num_images=200``). An unknown name is an error listing v
 
 from __future__ import annotations
 
-import collections.abc
 import dataclasses
 import time
-import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -44,9 +42,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from densessl.config.coerce import coerce_value, parse_overrides
+from densessl.config.coerce import coerce_value, parse_override_items
+from densessl.config.strict_yaml import OverrideValue
 from densessl.data.segmentation.registry import get_dataset
-from densessl.errors import ConfigError
+from densessl.errors import ConfigError, brief
+from densessl.evaluation.checks import check_against_backbone, coerce_dataset_options
+from densessl.evaluation.checks import plain_hint as _plain_hint
 from densessl.evaluation.features import PatchFeatureExtractor, build_extractor
 from densessl.evaluation.registry import get_protocol
 from densessl.evaluation.report import format_table, jsonable, summarize
@@ -61,23 +62,14 @@ def default_splits(protocol: str, dataset: str) -> tuple[str | None, str]:
     return get_protocol(protocol).splits(get_dataset(dataset).name)
 
 
-def _plain_hint(tp: Any) -> Any:
-    """``Sequence[X]`` → ``tuple[X, ...]`` (recursively) so that config coercion handles it."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is collections.abc.Sequence:
-        return tuple[_plain_hint(args[0]), ...]  # type: ignore[misc]
-    if origin in (typing.Union, types.UnionType):
-        return typing.Union[tuple(_plain_hint(a) for a in args)]  # noqa: UP007
-    return tp
-
-
 def _coerce_settings(cls: type, values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
     out = {}
     for key, value in values.items():
         hint = _plain_hint(hints[key])
         variadic = typing.get_origin(hint) is tuple and typing.get_args(hint)[-1] is Ellipsis
-        if variadic and not isinstance(value, list | tuple):
+        read = value.value if isinstance(value, OverrideValue) else value
+        if variadic and not isinstance(read, list | tuple):
             value = [value]  # seeds=0 means seeds=[0]
         out[key] = coerce_value(value, hint, f"{prefix}.{key}")
     return out
@@ -104,10 +96,11 @@ def _split_overrides(
             chosen[key] = value
         else:
             raise ConfigError(
-                f"unknown {protocol} setting {key!r}; valid settings: "
+                f"unknown {protocol} setting {brief(key)}; valid settings: "
                 f"{', '.join(sorted(settings))}; dataset options ({dataset}): "
                 f"{', '.join('data.' + k for k in data_keys)}"
             )
+    data = coerce_dataset_options(get_dataset(dataset).dataset_class(root), data)
     return _coerce_settings(cls, chosen, protocol), data
 
 
@@ -136,7 +129,7 @@ def _build_dataset(dataset: str, root: Any, split: str, options: Mapping[str, An
         hint = record.missing_hints.get(split)
         raise FileNotFoundError(f"{err} ({hint})" if hint else str(err)) from err
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"dataset {dataset!r} ({split}): {err}") from err
+        raise ConfigError(f"dataset {brief(dataset)} ({split}): {err}") from err
 
 
 def _scene_size(dataset: Any, patch_size: int | None) -> int:
@@ -158,7 +151,9 @@ def _extractor(backbone: Any, options: dict[str, Any]) -> tuple[Any, dict[str, A
         return PatchFeatureExtractor(backbone, backbone.patch_size, source), source
     if callable(backbone):
         return backbone, {"kind": "callable", "description": repr(backbone)[:80]}
-    raise ConfigError(f"backbone must be a path, a string source or an extractor, got {backbone!r}")
+    raise ConfigError(
+        f"backbone must be a path, a string source or an extractor, got {brief(backbone)}"
+    )
 
 
 def evaluate(
@@ -230,12 +225,14 @@ def evaluate(
             f"protocol {name!r} does not take dataset {key!r}; it takes {', '.join(spec.datasets)}"
         )
     if get_dataset(key).needs_root and root is None:
-        raise ConfigError(f"dataset {dataset!r} needs root (--root DIR): the folder holding it")
+        raise ConfigError(
+            f"dataset {brief(dataset)} needs root (--root DIR): the folder holding it"
+        )
     values: dict[str, Any] = {}
     if isinstance(overrides, Mapping):
         values.update(overrides)
     elif overrides:
-        values.update(parse_overrides(list(overrides)))
+        values.update(parse_override_items(list(overrides)))
     values.update(protocol_overrides)
     if data:
         values["data"] = {**values.get("data", {}), **data}
@@ -258,6 +255,7 @@ def evaluate(
 
     size = _scene_size(val, getattr(extractor, "patch_size", None)) if key == "scenes" else None
     chosen = resolve_protocol(name, key, settings, size)
+    check_against_backbone(name, chosen, getattr(extractor, "patch_size", None))
 
     results = jsonable(spec.run(extractor, train, val, chosen, device=device, progress=progress))
     results.pop("protocol", None)

@@ -54,6 +54,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from densessl.errors import brief
+from densessl.evaluation.checks import check_fields, check_int_list
 from densessl.evaluation.miou import ConfusionMatrix
 from densessl.evaluation.overcluster_parity import (
     dataset_kind,
@@ -136,12 +138,30 @@ class OverclusterProtocol:
     label_resize: str = "leopart"
 
     def __post_init__(self) -> None:
-        if self.label_resize not in LABEL_RESIZE:
-            raise ValueError(f"label_resize must be one of {LABEL_RESIZE}: {self.label_resize!r}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_fields(
+            self,
+            ints={"image_size": 1, "mask_size": 1, "iters": 1, "n_init": 1, "batch_size": 1},
+            optional_ints={"pca_dim": 1, "max_points_per_centroid": 1},
+            bools=("standardize",),
+            choices={
+                "init": ("k-means++", "random"),
+                "backend": BACKENDS,
+                "many_to_one_criterion": ("precision", "iou"),
+                "label_resize": LABEL_RESIZE,
+            },
+        )
+        if self.drop_last is not None and not isinstance(self.drop_last, bool):
+            raise ValueError(f"drop_last must be true, false or null, got {brief(self.drop_last)}")
+        check_fields(self, ints={"num_workers": 0, "chunk_size": 1})
+        check_int_list(self, "seeds", 0)
+        try:
+            if not resolve_num_clusters(self.num_clusters, 1):
+                raise ValueError("give at least one K")
+        except (TypeError, ValueError) as err:
+            raise ValueError(
+                f"OverclusterProtocol.num_clusters must be ints >= 1 or 'C' / '4C' (multiples "
+                f"of the number of classes), got {brief(self.num_clusters)}: {err}"
+            ) from None
 
     @classmethod
     def for_voc(cls, **overrides) -> OverclusterProtocol:
@@ -171,12 +191,12 @@ def resolve_num_clusters(spec: ClusterSpec | Sequence[ClusterSpec], num_classes:
         if isinstance(item, str):
             text = item.strip().upper()
             if not text.endswith("C"):
-                raise ValueError(f"cluster spec must be an int or like '4C', got {item!r}")
+                raise ValueError(f"cluster spec must be an int or like '4C', got {brief(item)}")
             k = int(text[:-1] or 1) * num_classes
         else:
             k = int(item)
         if k < 1:
-            raise ValueError(f"number of clusters must be >= 1, got {item!r}")
+            raise ValueError(f"number of clusters must be >= 1, got {brief(item)}")
         if k not in out:
             out.append(k)
     return out
@@ -390,31 +410,3 @@ def evaluate_overclustering(
         "results": out["results"],
         "differences_from_official": differences_from_official(protocol, backend, kind, counts),
     }
-
-
-def describe_overclustering(p: OverclusterProtocol) -> str:
-    """The settings of an overclustering run in one line (printed beside every number)."""
-    prep = ("standardise, " if p.standardize else "") + (
-        f"PCA-{p.pca_dim}" if p.pca_dim is not None else "no PCA"
-    )
-    seeds = ",".join(str(s) for s in p.seeds)
-    km = {"faiss": "faiss k-means", "torch": f"k-means ({p.init})"}.get(p.backend, "k-means (auto)")
-    return (
-        f"{p.image_size} px, scored at {p.mask_size} px; {prep}; {km} "
-        f"{p.iters} it x{p.n_init} restarts; seeds {seeds}"
-    )
-
-
-def summarize_overclustering(
-    p: OverclusterProtocol, results: dict[str, Any]
-) -> list[dict[str, Any]]:
-    """Headline rows of an overclustering result: one per K."""
-    return [
-        {
-            "result": key,
-            "miou": entry["miou_mean"],
-            "std": entry["miou_std"],
-            "matching": entry["matching"],
-        }
-        for key, entry in results["results"].items()
-    ]

@@ -252,6 +252,8 @@ class ResizedSegmentation(Dataset):
         self.mask_size = _size(mask_size) if mask_size is not None else self.image_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.label_resize = label_resize
+        if len(self.std) != 3 or not all(math.isfinite(v) and v > 0 for v in self.std):
+            raise ValueError(f"std must be three numbers > 0 (one per channel), got {self.std}")
 
     def __len__(self) -> int:
         return len(self.dataset)  # type: ignore[arg-type]

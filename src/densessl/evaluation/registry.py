@@ -23,17 +23,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from densessl.data.segmentation.registry import dataset_names
-from densessl.errors import ConfigError
+from densessl.errors import ConfigError, brief
 from densessl.evaluation.linear.probe import (
     LinearProtocol,
     describe_linear,
     summarize_linear,
     train_linear_probe,
 )
-from densessl.evaluation.overcluster import (
-    OverclusterProtocol,
+from densessl.evaluation.overcluster import OverclusterProtocol, evaluate_overclustering
+from densessl.evaluation.overcluster_summary import (
     describe_overclustering,
-    evaluate_overclustering,
     summarize_overclustering,
 )
 from densessl.evaluation.retrieval import (
@@ -151,7 +150,7 @@ def get_protocol(name: str) -> ProtocolRecord:
     for record in _PROTOCOLS.values():
         if name == record.name or name in record.aliases:
             return record
-    raise ConfigError(f"unknown protocol {name!r}; choose one of {', '.join(_PROTOCOLS)}")
+    raise ConfigError(f"unknown protocol {brief(name)}; choose one of {', '.join(_PROTOCOLS)}")
 
 
 def _transductive(run: Runner) -> Runner:

@@ -41,6 +41,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from densessl.evaluation.checks import check_fields
 from densessl.evaluation.miou import ConfusionMatrix
 from densessl.evaluation.preprocess import (
     HUMMINGBIRD_LEGACY_STD,
@@ -115,6 +116,20 @@ class RetrievalProtocol:
     ignore_to_background: bool = False
     legacy_std: bool = False
     search_backend: str = "torch"
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            ints=dict(image_size=1, num_neighbors=1, augment_epochs=1, seed=0, batch_size=1),
+            optional_ints={"memory_size": 1},
+            positive=("temperature",),
+            non_negative=("brightness", "contrast", "saturation"),
+            within={"jitter_p": (0, 1), "hue": (0, 0.5)},
+            ranges=("crop_scale", "crop_ratio"),
+            bools=("hungarian", "ignore_to_background", "legacy_std"),
+            choices={"search_backend": ("torch", "faiss")},
+        )
+        check_fields(self, ints=dict(num_workers=0, query_chunk=1, memory_chunk=1))
 
     @classmethod
     def for_scenes(cls, image_size: int = 96, **overrides) -> RetrievalProtocol:

@@ -39,6 +39,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from densessl.errors import printable
+
 __all__ = [
     "BACKGROUND",
     "DECODE_FORMATS",
@@ -80,13 +82,20 @@ class ImageDecodeError(ValueError):
     def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
         self.path = os.fspath(path)
         self.reason = reason
-        super().__init__(f"cannot decode image {display_path(self.path)}: {reason}")
+        super().__init__(f"cannot decode image {display_path(self.path)}: {printable(reason)}")
 
 
-def display_path(path: str | os.PathLike[str]) -> str:
-    """``path`` as printable text: undecodable bytes of non-UTF-8 names become ``\\xNN``."""
+def display_path(path: str | os.PathLike[str] | bytes, limit: int = 1000) -> str:
+    """``path`` as one printable line: undecodable bytes of non-UTF-8 names become ``\\xNN``,
+    control characters (newline, tab, ESC, ...) their escapes (``\\n``, ``\\x1b``); a path
+    longer than ``limit`` characters keeps its start and end around ``...``."""
     raw = os.fsencode(path)
-    return raw.decode("utf-8", errors="backslashreplace")
+    if len(raw) > 4 * limit:
+        raw = raw[: 2 * limit] + b"..." + raw[-2 * limit :]
+    text = printable(raw.decode("utf-8", errors="backslashreplace"))
+    if len(text) > limit:
+        text = f"{text[: limit // 2]}...{text[-(limit // 2) :]}"
+    return text
 
 
 def has_image_extension(name: str | os.PathLike[str]) -> bool:

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from densessl.data.views.multicrop import MultiCropViews, ViewsConfig
+from densessl.errors import ConfigError, brief
 from densessl.models.vit import BackboneConfig, ViTBackbone
 
 
@@ -179,10 +180,17 @@ def _load_builtin_methods() -> None:
 
 
 def get_method(name: str) -> type[Method]:
+    """The registered method class ``name``.
+
+    Raises:
+        ConfigError: unknown name (the message lists the registered ones; the CLI prints it
+            as ``densessl: error: ...``, exit 2).
+    """
     _load_builtin_methods()
-    if name not in _REGISTRY:
-        raise KeyError(
-            f"unknown method '{name}'; registered methods: {', '.join(sorted(_REGISTRY))}"
+    if not isinstance(name, str) or name not in _REGISTRY:
+        raise ConfigError(
+            f"unknown method {brief(name)} (--method / method); registered methods: "
+            f"{', '.join(sorted(_REGISTRY))}"
         )
     return _REGISTRY[name]
 

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densessl.errors import brief
 from densessl.models.attention import ATTENTION_MODES, use_block_attention
 from densessl.models.dino_compat import dino_state_dict_to_timm, resample_pos_embed
 
@@ -104,11 +105,15 @@ class BackboneConfig:
         if self.act_layer not in ACT_LAYERS:
             raise ValueError(f"act_layer must be one of {ACT_LAYERS}, got {self.act_layer!r}")
         if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose one of {sorted(ARCHS)}")
+            raise ValueError(f"unknown arch {brief(self.arch)}; choose one of {sorted(ARCHS)}")
         if self.pos_interp not in POS_INTERP:
-            raise ValueError(f"pos_interp must be one of {POS_INTERP}, got {self.pos_interp!r}")
+            raise ValueError(
+                f"pos_interp must be one of {POS_INTERP}, got {brief(self.pos_interp)}"
+            )
         if self.attention not in ATTENTION_MODES:
-            raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {self.attention!r}")
+            raise ValueError(
+                f"attention must be one of {ATTENTION_MODES}, got {brief(self.attention)}"
+            )
         for name in ("patch_size", "img_size", "depth", "embed_dim", "num_heads"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -267,9 +267,10 @@ def visualize(
             found in a folder are skipped with a message).
         ValueError: bad ``size`` / ``clusters``.
     """
-    if size < 1 or clusters < 1:
+    if size < 1 or clusters < 1 or not -1e6 < threshold < 1e6:  # NaN and inf too
         raise ValueError(
-            f"size and clusters must be positive, got size={size}, clusters={clusters}"
+            "size and clusters must be positive and threshold a finite number, got "
+            f"size={size}, clusters={clusters}, threshold={threshold}"
         )
     files = collect_images(images, max_images)
     model = _load_model(backbone, which, arch, patch_size, weights, device)

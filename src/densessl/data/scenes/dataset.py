@@ -36,6 +36,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ from densessl.data.scenes.render import (
     render_scene,
 )
 from densessl.data.segmentation.files import read_label_png
+from densessl.errors import ConfigError, brief
+from densessl.io.decode import display_path
+from densessl.io.paths import user_path
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -64,6 +68,7 @@ __all__ = [
     "THING_CLASSES",
     "SceneConfig",
     "SyntheticScenes",
+    "check_scene_options",
     "class_names",
     "format_statistics",
     "render_scene",
@@ -175,6 +180,35 @@ def _classes_json(config: SceneConfig) -> dict[str, Any]:
     }
 
 
+def check_scene_options(
+    num_images: int,
+    size: int,
+    seed: int,
+    class_set: str = "shared-cues",
+    names: Mapping[str, str] | None = None,
+) -> SceneConfig:
+    """The :class:`SceneConfig` of :func:`write_scenes`' arguments, checked before anything
+    is written; a bad one raises :class:`~densessl.errors.ConfigError` naming it by
+    ``names`` (the CLI's options, ``{"size": "--size", ...}``) or by its parameter name."""
+    checks: dict[str, Callable[[], object]] = {
+        "class_set": lambda: SceneConfig(class_set=class_set),
+        "size": lambda: SceneConfig(size=size),
+        "num_images": lambda: split_indices(num_images, "train"),
+        "seed": lambda: _check_seed(seed),
+    }
+    for name, check in checks.items():
+        try:
+            check()
+        except (TypeError, ValueError) as err:
+            raise ConfigError(f"{(names or {}).get(name, name)}: {err}") from None
+    return SceneConfig(size=size, class_set=class_set)
+
+
+def _check_seed(seed: object) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {brief(seed)}")
+
+
 def write_scenes(
     out_dir: str | os.PathLike[str],
     num_images: int,
@@ -194,14 +228,17 @@ def write_scenes(
     Returns:
         The output folder.
     """
-    out = Path(out_dir).expanduser()
+    out = user_path(out_dir)
     if out.exists() and not out.is_dir():
-        raise NotADirectoryError(f"write_scenes: {out} is an existing file; give a folder path")
+        raise NotADirectoryError(
+            f"write_scenes: {display_path(out)} is an existing file; give a folder path"
+        )
     if out.is_dir() and any(out.iterdir()):
         marks = ("classes.json", "images", "labels", "splits")
         if not any((out / m).exists() for m in marks):
             raise FileExistsError(
-                f"write_scenes: {out} is a non-empty folder that is not a scenes folder; "
+                f"write_scenes: {display_path(out)} is a non-empty folder that is not a scenes "
+                "folder; "
                 "give an empty or new folder"
             )
     config = _with_size(config, size)

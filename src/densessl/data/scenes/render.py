@@ -19,6 +19,7 @@ from scipy.ndimage import gaussian_filter
 
 from densessl.data.scenes.shapes import SHAPES
 from densessl.data.scenes.textures import STUFF_TEXTURES, THING_TEXTURES
+from densessl.errors import brief
 
 GENERATOR_VERSION = 1
 """Bumped whenever the pictures a (seed, index, config) produces change."""
@@ -104,7 +105,8 @@ class SceneConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.class_set, str) or self.class_set not in CLASS_SETS:
             raise ValueError(
-                f"SceneConfig.class_set must be one of {sorted(CLASS_SETS)}, got {self.class_set!r}"
+                f"SceneConfig.class_set must be one of {sorted(CLASS_SETS)}, "
+                f"got {brief(self.class_set)}"
             )
         for f in fields(self):
             if f.name == "class_set":
@@ -114,7 +116,7 @@ class SceneConfig:
             kind = int if is_int else (int, float)
             if isinstance(value, bool) or not isinstance(value, kind):
                 what = "an integer" if is_int else "a number"
-                raise ValueError(f"SceneConfig.{f.name} must be {what}, got {value!r}")
+                raise ValueError(f"SceneConfig.{f.name} must be {what}, got {brief(value)}")
         _check("size", self.size, 64, 512)
         _check("num_thing_classes", self.num_thing_classes, 1, len(THING_CLASSES))
         available = len(CLASS_SETS[self.class_set])

@@ -27,6 +27,9 @@ from densessl.data.segmentation.files import (
     lookup_table,
     require_paths,
 )
+from densessl.errors import brief
+from densessl.io.decode import display_path
+from densessl.io.paths import user_path
 
 __all__ = ["ADE20K", "ADE20K_CLASSES"]
 
@@ -78,8 +81,8 @@ class ADE20K(SegmentationFiles):
     ) -> None:
         split = {"train": "training", "val": "validation"}.get(split, split)
         if split not in _SPLITS:
-            raise ValueError(f"split must be 'training' or 'validation', got {split!r}")
-        root_path = Path(root).expanduser()
+            raise ValueError(f"split must be 'training' or 'validation', got {brief(split)}")
+        root_path = user_path(root)
         if not (root_path / "images").is_dir() and (root_path / "ADEChallengeData2016").is_dir():
             root_path = root_path / "ADEChallengeData2016"
         image_dir = root_path / "images" / split
@@ -91,7 +94,9 @@ class ADE20K(SegmentationFiles):
         require_paths(layout, [image_dir, label_dir], root_path)
         names = sorted(n for n in os.listdir(image_dir) if n.lower().endswith(".jpg"))
         if not names:
-            raise FileNotFoundError(f"expected {layout}; no *.jpg images in {image_dir}")
+            raise FileNotFoundError(
+                f"expected {layout}; no *.jpg images in {display_path(image_dir)}"
+            )
         stems = [Path(n).stem for n in names]
         check_files_exist(label_dir, [s + ".png" for s in stems], "annotations", layout)
         mapping = {0: IGNORE_INDEX, **{k: k - 1 for k in range(1, len(ADE20K_CLASSES) + 1)}}

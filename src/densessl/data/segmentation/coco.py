@@ -53,6 +53,9 @@ from densessl.data.segmentation.files import (
     lookup_table,
     require_paths,
 )
+from densessl.errors import brief
+from densessl.io.decode import display_path
+from densessl.io.paths import user_path
 
 __all__ = [
     "STUFF_CATEGORIES",
@@ -158,9 +161,9 @@ class _COCOBase(SegmentationFiles):
         mapping: dict[str, dict[int, int]],
         class_names: Sequence[str],
     ) -> None:
-        root_path = Path(root).expanduser()
+        root_path = user_path(root)
         if split not in _SPLITS:
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+            raise ValueError(f"split must be 'train' or 'val', got {brief(split)}")
         if not 0.0 < fraction <= 1.0:
             raise ValueError(f"fraction must be in (0, 1], got {fraction}")
         dirs = {
@@ -182,12 +185,14 @@ class _COCOBase(SegmentationFiles):
             found = [n for n, (i, lab) in dirs.items() if i.is_dir() and lab.is_dir()]
             if not found:
                 raise FileNotFoundError(
-                    f"no {self.KIND} data under {root_path}: expected "
+                    f"no {self.KIND} data under {display_path(root_path)}: expected "
                     + " or ".join(layouts.values())
                 )
             layout = found[0]
         if layout not in dirs:
-            raise ValueError(f"layout must be 'auto', 'leopart' or 'cocostuff', got {layout!r}")
+            raise ValueError(
+                f"layout must be 'auto', 'leopart' or 'cocostuff', got {brief(layout)}"
+            )
         image_dir, label_dir = dirs[layout]
         require_paths(layouts[layout], [image_dir, label_dir], root_path)
         if files is None:
@@ -199,7 +204,7 @@ class _COCOBase(SegmentationFiles):
             keep = rng.permutation(len(names))[: max(1, int(len(names) * fraction))]
             names = [names[i] for i in sorted(keep)]
         if not names:
-            raise FileNotFoundError(f"no *.jpg images in {image_dir}")
+            raise FileNotFoundError(f"no *.jpg images in {display_path(image_dir)}")
         stems = [Path(n).stem for n in names]
         check_files_exist(image_dir, names, "images", layouts[layout])
         check_files_exist(label_dir, [s + ".png" for s in stems], "label files", layouts[layout])

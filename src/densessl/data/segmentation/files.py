@@ -46,8 +46,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from densessl.errors import DataError
-from densessl.io.decode import ImageDecodeError, load_rgb
+from densessl.errors import DataError, brief
+from densessl.io.decode import ImageDecodeError, display_path, load_rgb
 
 IGNORE_INDEX = 255
 
@@ -65,7 +65,7 @@ def require_paths(layout: str, paths: Sequence[Path], root: Path | None = None) 
     """
     missing = [p for p in paths if not p.exists()]
     if missing:
-        where = f" (ROOT = {root})" if root is not None else ""
+        where = f" (ROOT = {display_path(root)})" if root is not None else ""
         raise FileNotFoundError(
             f"expected {layout}{where}; missing: {', '.join(_show(p, root) for p in missing)}"
         )
@@ -74,10 +74,10 @@ def require_paths(layout: str, paths: Sequence[Path], root: Path | None = None) 
 def _show(path: Path, root: Path | None) -> str:
     if root is not None:
         try:
-            return "ROOT/" + path.relative_to(root).as_posix()
+            return "ROOT/" + display_path(path.relative_to(root).as_posix())
         except ValueError:
             pass
-    return str(path)
+    return display_path(path)
 
 
 def read_split_file(path: Path) -> list[str]:
@@ -92,14 +92,14 @@ def read_split_file(path: Path) -> list[str]:
         ValueError: The file lists nothing.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"split file not found: {path}")
+        raise FileNotFoundError(f"split file not found: {display_path(path)}")
     stems = []
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             stems.append(Path(line.split()[0]).stem)
     if not stems:
-        raise ValueError(f"split file {path} lists no images")
+        raise ValueError(f"split file {display_path(path)} lists no images")
     return stems
 
 
@@ -108,7 +108,7 @@ def check_files_exist(folder: Path, names: Sequence[str], what: str, layout: str
     present = set(os.listdir(folder))
     missing = [n for n in names if n not in present]
     if missing:
-        shown = ", ".join(str(folder / n) for n in missing[:5])
+        shown = ", ".join(display_path(folder / n) for n in missing[:5])
         more = f" (and {len(missing) - 5} more)" if len(missing) > 5 else ""
         raise FileNotFoundError(f"expected {layout}; {len(missing)} {what} missing: {shown}{more}")
 
@@ -154,16 +154,18 @@ def read_label_png(path: Path) -> np.ndarray:
             label image), naming the file.
     """
     if not path.is_file():
-        raise FileNotFoundError(f"label file not found: {path}")
+        raise FileNotFoundError(f"label file not found: {display_path(path)}")
     try:
         with Image.open(path) as im:
             mode = im.mode
             arr = np.array(im)
     except Exception as e:
-        raise DataError(f"cannot read label file {path}: {type(e).__name__}: {e}") from e
+        raise DataError(
+            f"cannot read label file {display_path(path)}: {type(e).__name__}: {e}"
+        ) from e
     if arr.ndim != 2:
         raise DataError(
-            f"label file {path} has mode {mode!r} and shape {arr.shape}: expected a "
+            f"label file {display_path(path)} has mode {mode!r} and shape {arr.shape}: expected a "
             "single-channel PNG of class indices (palette 'P' or grayscale 'L'), not colours"
         )
     return arr
@@ -200,7 +202,9 @@ class SegmentationFiles(Dataset):
         if len(images) != len(labels):
             raise ValueError(f"{len(images)} images but {len(labels)} label files")
         if size_mismatch not in ("error", "resize"):
-            raise ValueError(f"size_mismatch must be 'error' or 'resize', got {size_mismatch!r}")
+            raise ValueError(
+                f"size_mismatch must be 'error' or 'resize', got {brief(size_mismatch)}"
+            )
         self.image_paths = [Path(p) for p in images]
         self.label_paths = [Path(p) for p in labels]
         self.class_names = list(class_names)
@@ -221,15 +225,17 @@ class SegmentationFiles(Dataset):
         """
         raw = np.asarray(raw)
         if raw.dtype.kind not in "ui" or (raw.size and (raw.min() < 0)):
-            raise DataError(f"{self.name} label {path} holds non-index values ({raw.dtype})")
+            raise DataError(
+                f"{self.name} label {display_path(path)} holds non-index values ({raw.dtype})"
+            )
         big = raw >= len(self.table)
         mapped = self.table[np.where(big, 0, raw)]
         bad = big | (mapped < 0)
         if bad.any():
             ids = sorted({int(v) for v in np.unique(raw[bad])})
             raise DataError(
-                f"{self.name} label {path} holds ids {ids[:10]} outside the known range "
-                f"({self.valid_ids_text()})"
+                f"{self.name} label {display_path(path)} holds ids {ids[:10]} outside the "
+                f"known range ({self.valid_ids_text()})"
             )
         return mapped.astype(np.uint8)
 
@@ -246,8 +252,8 @@ class SegmentationFiles(Dataset):
         label = torch.from_numpy(self.map_label(raw, label_path))
         if tuple(label.shape) != tuple(image.shape[1:]):
             msg = (
-                f"{self.name}: label {label_path} is {tuple(label.shape)} (H, W) but image "
-                f"{image_path} is {tuple(image.shape[1:])}"
+                f"{self.name}: label {display_path(label_path)} is {tuple(label.shape)} (H, W) "
+                f"but image {display_path(image_path)} is {tuple(image.shape[1:])}"
             )
             if self.size_mismatch == "error":
                 raise DataError(msg)

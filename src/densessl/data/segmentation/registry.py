@@ -22,6 +22,7 @@ from densessl.data.segmentation.ade20k import ADE20K
 from densessl.data.segmentation.coco import COCOStuff, COCOThings
 from densessl.data.segmentation.scene_folder import SceneFolder
 from densessl.data.segmentation.voc import VOCSegmentation
+from densessl.errors import brief
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ def get_dataset(name: str) -> DatasetRecord:
     """The record of ``name`` (case, ``-`` and ``_`` ignored); ``ValueError`` if unknown."""
     key = name.lower().replace("-", "").replace("_", "")
     if key not in _DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(dataset_names())}")
+        raise ValueError(
+            f"unknown dataset {brief(name)}; choose one of {', '.join(dataset_names())}"
+        )
     return _DATASETS[key]
 
 

@@ -19,6 +19,9 @@ from densessl.data.segmentation.files import (
     read_split_file,
     require_paths,
 )
+from densessl.errors import brief
+from densessl.io.decode import display_path
+from densessl.io.paths import user_path
 
 __all__ = ["SceneFolder"]
 
@@ -48,9 +51,9 @@ class SceneFolder(SegmentationFiles):
     def __init__(
         self, root: str | os.PathLike[str], split: str = "train", size_mismatch: str = "error"
     ) -> None:
-        root = Path(root).expanduser()
+        root = user_path(root)
         if split not in ("train", "val", "all"):
-            raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
+            raise ValueError(f"split must be 'train', 'val' or 'all', got {brief(split)}")
         splits = ("train", "val") if split == "all" else (split,)
         split_files = [root / "splits" / f"{s}.txt" for s in splits]
         require_paths(
@@ -78,7 +81,7 @@ def _scene_class_names(path: Path) -> list[str]:
     try:
         meta = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from e
+        raise ValueError(f"cannot read {display_path(path)}: {e}") from e
     names: Any = None
     if isinstance(meta, dict):
         for key in ("class_names", "classes", "names"):
@@ -91,9 +94,11 @@ def _scene_class_names(path: Path) -> list[str]:
         names = [n.get("name") if isinstance(n, dict) else n for n in names]
     if not names or not all(isinstance(n, str) for n in names):
         raise ValueError(
-            f"{path} holds no class names: expected a list under 'class_names', 'classes' "
-            "(names or {'name': ...} dicts) or 'names'"
+            f"{display_path(path)} holds no class names: expected a list under 'class_names', "
+            "'classes' (names or {'name': ...} dicts) or 'names'"
         )
     if len(names) >= IGNORE_INDEX:
-        raise ValueError(f"{path}: {len(names)} classes; at most 255 fit beside ignore id 255")
+        raise ValueError(
+            f"{display_path(path)}: {len(names)} classes; at most 255 fit beside ignore id 255"
+        )
     return names

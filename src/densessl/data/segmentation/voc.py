@@ -42,6 +42,8 @@ from densessl.data.segmentation.files import (
     read_split_file,
     require_paths,
 )
+from densessl.io.decode import display_path
+from densessl.io.paths import user_path
 
 __all__ = ["VOC_CLASSES", "VOCSegmentation"]
 
@@ -69,7 +71,7 @@ def _resolve_root(root: Path) -> tuple[Path, str]:
         if (candidate / "images").is_dir() and (candidate / "sets").is_dir():
             return candidate, "leopart"
     raise FileNotFoundError(
-        f"no Pascal VOC data under {root}: expected either the VOC2012 layout "
+        f"no Pascal VOC data under {display_path(root)}: expected either the VOC2012 layout "
         "(ROOT/JPEGImages/*.jpg, ROOT/SegmentationClass/*.png, "
         "ROOT/ImageSets/Segmentation/<split>.txt; for 'trainaug' also "
         "ROOT/SegmentationClassAug/*.png and ROOT/ImageSets/Segmentation/trainaug.txt) or "
@@ -99,7 +101,7 @@ class VOCSegmentation(SegmentationFiles):
     def __init__(
         self, root: str | os.PathLike[str], split: str = "train", size_mismatch: str = "error"
     ) -> None:
-        given = Path(root).expanduser()
+        given = user_path(root)
         split = "trainaug" if split == "train_aug" else split
         root_path, layout = _resolve_root(given)
         if layout == "voc2012":

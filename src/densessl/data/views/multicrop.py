@@ -21,6 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from densessl.data.views.photometric import PhotometricConfig, augment_photometric
+from densessl.errors import brief
 from densessl.ops.geometry import box_area, box_intersection
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -104,8 +105,11 @@ class ViewsConfig:
             raise ValueError(f"views.flip_prob must be in [0, 1], got {self.flip_prob}")
         if self.interpolation not in ("bicubic", "bilinear"):
             raise ValueError(
-                f"views.interpolation must be 'bicubic' or 'bilinear', got {self.interpolation!r}"
+                "views.interpolation must be 'bicubic' or 'bilinear', "
+                f"got {brief(self.interpolation)}"
             )
+        if not all(s > 0 for s in self.std):  # normalisation divides by it
+            raise ValueError(f"views.std must be > 0 for every channel, got {list(self.std)}")
 
     @property
     def num_views(self) -> int:

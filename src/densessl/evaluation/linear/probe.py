@@ -70,6 +70,7 @@ from torch import nn
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
+from densessl.errors import brief
 from densessl.evaluation.linear.heads import HEADS, FCNHead, LinearHead, fit_head
 from densessl.evaluation.miou import ConfusionMatrix
 from densessl.evaluation.preprocess import (
@@ -172,7 +173,9 @@ class LinearProtocol:
 
     def _check(self, name: str, ok: bool, what: str) -> None:
         if not ok:
-            raise ValueError(f"LinearProtocol.{name} must be {what}, got {getattr(self, name)!r}")
+            raise ValueError(
+                f"LinearProtocol.{name} must be {what}, got {brief(getattr(self, name))}"
+            )
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> LinearProtocol:

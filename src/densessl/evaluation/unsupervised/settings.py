@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from densessl.errors import ConfigError
+from densessl.errors import ConfigError, brief
 from densessl.evaluation.unsupervised.community import COMMUNITY_METHODS
 
 __all__ = ["UnsupervisedProtocol", "background_classes", "foreground_labels"]
@@ -131,7 +131,7 @@ class UnsupervisedProtocol:
         def check(name: str, ok: bool, what: str) -> None:
             if not ok:
                 value = getattr(self, name)
-                raise ValueError(f"UnsupervisedProtocol.{name} must be {what}, got {value!r}")
+                raise ValueError(f"UnsupervisedProtocol.{name} must be {what}, got {brief(value)}")
 
         def is_int(v: Any, low: int) -> bool:
             return isinstance(v, int) and not isinstance(v, bool) and v >= low

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densessl.data.views.multicrop import ViewsConfig, group_by_resolution
+from densessl.errors import brief
 from densessl.methods.base import Method, StepInfo, register_method
 from densessl.methods.leopart.loss import EmbeddingQueue, leopart_loss
 from densessl.methods.student_teacher import StudentTeacher, make_teacher
@@ -117,12 +118,12 @@ class LeopartParams:
             raise ValueError(f"leopart.fg_blur_sigma must be >= 0, got {self.fg_blur_sigma}")
         if self.loss_mask not in LOSS_MASKS:
             raise ValueError(
-                f"leopart.loss_mask must be one of {LOSS_MASKS}, got {self.loss_mask!r}"
+                f"leopart.loss_mask must be one of {LOSS_MASKS}, got {brief(self.loss_mask)}"
             )
         if self.queue_prototypes not in QUEUE_PROTOTYPES:
             raise ValueError(
                 f"leopart.queue_prototypes must be one of {QUEUE_PROTOTYPES}, "
-                f"got {self.queue_prototypes!r}"
+                f"got {brief(self.queue_prototypes)}"
             )
         if not 0 < self.fg_mass <= 1:
             raise ValueError(f"leopart.fg_mass must be in (0, 1], got {self.fg_mass}")

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densessl.data.views.multicrop import ViewsConfig, group_by_resolution
+from densessl.errors import brief
 from densessl.methods.base import Method, StepInfo, register_method
 from densessl.methods.dino.method import DINOParams, dino_head, teacher_temperature
 from densessl.methods.selfpatch.aggregation import (
@@ -96,7 +97,9 @@ class SelfPatchParams(DINOParams):
                 f"got {self.num_neighbours}"
             )
         if self.border not in BORDER_MODES:
-            raise ValueError(f"selfpatch.border must be one of {BORDER_MODES}, got {self.border!r}")
+            raise ValueError(
+                f"selfpatch.border must be one of {BORDER_MODES}, got {brief(self.border)}"
+            )
         if self.patch_loss_weight < 0:
             raise ValueError(
                 f"selfpatch.patch_loss_weight must be >= 0, got {self.patch_loss_weight}"
@@ -106,7 +109,8 @@ class SelfPatchParams(DINOParams):
         for name in ("teacher_views", "image_center_views"):
             if getattr(self, name) not in VIEW_CHOICES:
                 raise ValueError(
-                    f"selfpatch.{name} must be one of {VIEW_CHOICES}, got {getattr(self, name)!r}"
+                    f"selfpatch.{name} must be one of {VIEW_CHOICES}, "
+                    f"got {brief(getattr(self, name))}"
                 )
 
 
