@@ -28,8 +28,8 @@ from densessl.evaluation.api import evaluate
 from densessl.evaluation.registry import list_protocols
 from densessl.evaluation.unsupervised.settings import UnsupervisedProtocol
 from densessl.methods.base import get_method, list_methods
-
-from .helpers import TINY, tiny_config
+from helpers import ROBUST_RUN as TINY
+from helpers import robust_config as tiny_config
 
 # Texts YAML would read as something else: a comment, int, bool, null, date, list, alias.
 TRICKY_TEXTS = [

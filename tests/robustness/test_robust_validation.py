@@ -23,8 +23,7 @@ from densessl.evaluation.api import evaluate
 from densessl.evaluation.preprocess import ResizedSegmentation
 from densessl.io.decode import ImageDecodeError, display_path
 from densessl.methods.base import get_method, list_methods
-
-from .helpers import tiny_config
+from helpers import robust_config as tiny_config
 
 METHODS = list(list_methods())
 
