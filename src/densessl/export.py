@@ -56,6 +56,7 @@ from densessl.config.schema import to_plain
 from densessl.errors import ConfigError
 from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from densessl.io.checkpoint import CheckpointError
+from densessl.io.paths import user_path
 from densessl.io.writes import disk_full_named
 from densessl.models.vit import ViTBackbone
 
@@ -195,7 +196,7 @@ def _resolve(source: str | os.PathLike[str] | ViTBackbone, which: str) -> tuple[
         raise CheckpointError(
             f"cannot export {text!r}: export a densessl run directory, checkpoint or DINO file"
         )
-    path = Path(text).expanduser()
+    path = user_path(text)
     if not path.exists():
         raise CheckpointError(
             f"nothing to export at {path}: expected a densessl run directory (config.yaml + "
@@ -238,7 +239,7 @@ def export_backbone(
 
     from densessl import __version__
 
-    out = Path(out).expanduser()
+    out = user_path(out)
     _check_out(out)
     backbone, origin = _resolve(source, which)
     spec = backbone.timm_spec()

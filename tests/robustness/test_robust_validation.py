@@ -270,3 +270,43 @@ def test_unknown_user_in_a_path_is_a_missing_path():
         cfg = tiny_config("data.path=~densessl-no-such-user/photos").data
         with pytest.raises(ConfigError, match=r"data\.path: ~densessl-no-such-user/photos does"):
             build_pretrain_images(cfg)
+
+
+NO_USER = "~densessl-no-such-user/x"
+
+
+EVAL_OUT = ["--backbone", "random:vit_tiny", "--no-progress", "data.num_images=20"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "writes"),
+    [
+        (["pretrain", "--data", NO_USER], False),
+        (["pretrain", "--init", NO_USER], False),
+        (["eval", "cluster", "--backbone", NO_USER], False),
+        (["eval", "cluster", *EVAL_OUT, "--out", f"{NO_USER}.json"], True),
+        (
+            ["eval", "cluster", "--backbone", "timm:vit_tiny_patch16_224", "--weights", NO_USER],
+            False,
+        ),
+        (["viz", "--backbone", NO_USER, "--images", "."], False),
+        (["viz", "--backbone", "random:vit_tiny", "--images", NO_USER], False),
+        (["export", NO_USER], False),
+        (["scenes", "--num-images", "1", "--out", f"{NO_USER}/scenes"], True),
+    ],
+)
+def test_unknown_user_in_any_path_option_is_not_a_traceback(
+    tmp_path, capsys, monkeypatch, argv, writes
+):
+    """``Path.expanduser`` raises RuntimeError for ``~nosuchuser``; here the path stays as
+    typed (as in a shell): an input is reported missing, an output is written there."""
+    monkeypatch.chdir(tmp_path)
+    if argv[0] in ("pretrain", "viz", "export"):
+        argv = [*argv, "--out", str(tmp_path / "out")]
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "home directory" not in err
+    if writes:
+        assert code == 0 and (tmp_path / NO_USER.split("/")[0]).is_dir(), err
+    else:
+        assert code == 2 and err.startswith("densessl: error: "), err

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from densessl.config.schema import to_plain
 from densessl.errors import ConfigError
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file
+from densessl.io.paths import user_path
 from densessl.models.arch_checks import export_config
 from densessl.models.loading import backbone_from_state, load_timm_weights
 from densessl.models.run_arch import run_backbone_config, yaml_backbone_config
@@ -152,7 +153,7 @@ def from_run(
         CheckpointError: missing or unreadable files, weights that do not fit, or a
             ``config.yaml`` that disagrees with the checkpoint.
     """
-    run_dir = Path(run_dir).expanduser()
+    run_dir = user_path(run_dir)
     if (run_dir / "config.yaml").is_file():
         yaml_backbone_config(run_dir / "config.yaml")  # a broken one is reported first
     path = Path(checkpoint) if checkpoint is not None else run_dir / "checkpoints" / "last.pt"
@@ -195,7 +196,7 @@ def from_checkpoint(
     Raises:
         CheckpointError: unreadable file, no ViT weights, or weights that do not fit.
     """
-    path = Path(path).expanduser()
+    path = user_path(path)
     state = load_file(path)
     densessl_file = isinstance(state, dict) and state.get("format") == FORMAT
     config = None
@@ -245,7 +246,7 @@ def from_export(path: str | Path) -> PatchFeatureExtractor:
     """
     from safetensors.torch import load_file as load_safetensors
 
-    weights_path, meta_path = _export_files(Path(path).expanduser())
+    weights_path, meta_path = _export_files(user_path(path))
     for needed in (weights_path, meta_path):
         if not needed.is_file():
             raise CheckpointError(
@@ -280,7 +281,7 @@ def from_timm(name: str, weights: str | Path, **kwargs: Any) -> PatchFeatureExtr
     if not timm.is_model(name):
         close = timm.list_models(f"*{name.split('_')[0]}*")[:6]
         raise ConfigError(f"unknown timm model {name!r}; similar names: {close}")
-    path = Path(weights).expanduser()
+    path = user_path(weights)
     if not path.is_file():
         raise CheckpointError(f"weights file for timm model {name} not found: {path}")
     options = {"num_classes": 0, "global_pool": "", "dynamic_img_size": True, **kwargs}
@@ -337,7 +338,7 @@ def random_init(
     elif str(spec) in ARCHS:
         config, origin = BackboneConfig(arch=str(spec), patch_size=patch_size or 16), str(spec)
     else:
-        path = Path(spec).expanduser()
+        path = user_path(spec)
         run_dir = path.parent if path.name == "config.yaml" else path
         if not run_dir.is_dir():
             raise ConfigError(
@@ -383,7 +384,7 @@ def build_extractor(
         if weights is None:
             raise ConfigError(f"{text} needs a local weights file (weights=FILE / --weights FILE)")
         return from_timm(text.partition(":")[2], weights)
-    path = Path(text).expanduser()
+    path = user_path(text)
     if path.is_dir():
         if (path / "config.yaml").is_file() or (path / "checkpoints" / "last.pt").is_file():
             return from_run(path, which)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from densessl.errors import ConfigError
+from densessl.io.paths import user_path
 from densessl.io.writes import disk_full_named
 
 __all__ = ["check_result_path", "write_result"]
@@ -34,7 +35,7 @@ def check_result_path(out: str | os.PathLike[str] | None) -> Path | None:
     not a densessl evaluation result."""
     if out is None:
         return None
-    path = Path(out).expanduser()
+    path = user_path(out)
     if path.is_dir():
         raise ConfigError(f"eval --out {path} is a folder; give the JSON file to write")
     if path.exists() and not _is_result(path):

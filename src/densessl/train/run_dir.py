@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 from densessl import __version__
 from densessl.errors import ConfigError
 from densessl.io.checkpoint import load_training_state
+from densessl.io.paths import user_path
 from densessl.train.run_lock import LOCK_NAME, RunLock
 
 MARKER = ".densessl-run.json"
@@ -156,7 +157,7 @@ class RunDirectory:
         if data_path in (None, "scenes"):
             return
         try:
-            data = Path(os.path.realpath(Path(str(data_path)).expanduser()))
+            data = Path(os.path.realpath(user_path(str(data_path))))
             out = Path(os.path.realpath(self.root))
         except (OSError, ValueError):  # e.g. a NUL character: data.path's own check says so
             return

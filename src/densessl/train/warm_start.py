@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
+from densessl.io.paths import user_path
 from densessl.methods.base import Method
 from densessl.models.dino_compat import dino_state_dict_to_timm
 from densessl.models.loading import load_timm_weights
@@ -20,7 +21,7 @@ from densessl.models.run_arch import run_backbone_config
 
 def resolve_weights_file(source: str | Path) -> Path:
     """A run directory means its ``checkpoints/last.pt``; a file is used as is."""
-    path = Path(source).expanduser()
+    path = user_path(source)
     if path.is_dir():
         candidate = path / "checkpoints" / "last.pt"
         if not candidate.is_file():
@@ -37,8 +38,8 @@ def backbone_weights(source: str | Path) -> dict[str, torch.Tensor]:
     path = resolve_weights_file(source)
     state = load_file(path)
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        if Path(source).expanduser().is_dir():
-            run_backbone_config(Path(source).expanduser(), state, path)
+        if user_path(source).is_dir():
+            run_backbone_config(user_path(source), state, path)
         return training_backbone_weights(state, "teacher")
     try:
         return dino_state_dict_to_timm(state)

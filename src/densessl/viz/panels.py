@@ -42,6 +42,7 @@ from densessl.data.folder import list_image_files
 from densessl.errors import ConfigError
 from densessl.evaluation.preprocess import normalize, resize_image
 from densessl.io.decode import ImageDecodeError, display_path, load_rgb
+from densessl.io.paths import user_path
 from densessl.ops.devices import parse_device
 from densessl.viz.draw import compose_panel, heat_overlay, image_to_pil, label_overlay, map_to_pil
 from densessl.viz.pca import cluster_maps, foreground_mask, pca_rgb
@@ -75,7 +76,7 @@ def collect_images(
         raise FileNotFoundError("no images given: pass a folder or image files")
     found: list[Path] = []
     for item in items:
-        path = Path(item).expanduser()
+        path = user_path(item)
         if path.is_dir():
             found.extend(Path(f) for f in list_image_files(path)[0])
         elif path.is_file():
@@ -276,7 +277,7 @@ def visualize(
     model = _load_model(backbone, which, arch, patch_size, weights, device)
     patch = _patch_size(model)
     given = [images] if isinstance(images, (str, os.PathLike)) else images
-    listed = {Path(i).expanduser() for i in given}  # named files: decode errors are errors
+    listed = {user_path(i) for i in given}  # named files: decode errors are errors
 
     from tqdm.auto import tqdm
 
@@ -301,7 +302,7 @@ def visualize(
     if not seen:
         raise FileNotFoundError(f"none of the {len(files)} image files could be decoded")
     rgbs, labels = _joint_maps(seen, clusters, mask_background, threshold, seed)
-    out = Path(out).expanduser()
+    out = user_path(out)
     targets = [out / f"{i:03d}_{path.stem}.png" for i, path in enumerate(kept)]
     _check_targets(out, targets)
     written = []
