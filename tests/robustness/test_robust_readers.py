@@ -134,3 +134,13 @@ def test_viz_never_overwrites_a_png_it_did_not_write(tmp_path):
     visualize(backbone, images, out, size=32, clusters=2, progress=False)  # its own: replaced
     with pytest.raises(ConfigError, match="is a file"):
         visualize(backbone, images, images / "a.png", size=32, clusters=2, progress=False)
+
+
+def test_a_config_yaml_with_yaml_aliases_is_refused_not_expanded(tmp_path):
+    from densessl.io.checkpoint import CheckpointError
+    from densessl.models.run_arch import yaml_backbone_config
+
+    bomb = tmp_path / "config.yaml"
+    bomb.write_text('a: &a ["x", "x"]\nb: &b [*a, *a]\nc: [*b, *b]\nbackbone: {arch: vit_tiny}\n')
+    with pytest.raises(CheckpointError, match="aliases"):
+        yaml_backbone_config(bomb)

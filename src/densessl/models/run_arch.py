@@ -14,9 +14,8 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from densessl.config.coerce import build_dataclass
+from densessl.config.strict_yaml import read_yaml_file
 from densessl.errors import ConfigError
 from densessl.io.checkpoint import CheckpointError
 from densessl.models.vit import BackboneConfig
@@ -40,10 +39,10 @@ def checkpoint_backbone_config(state: dict[str, Any], source: Path | str) -> Bac
 
 def yaml_backbone_config(path: Path) -> BackboneConfig:
     """The ``backbone`` section of a run's ``config.yaml``."""
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise CheckpointError(f"{path}: not valid YAML: {err}") from err
+    try:  # strict: no aliases (an alias bomb never expands), no duplicate keys
+        tree = read_yaml_file(path) or {}
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
     section = tree.get("backbone") if isinstance(tree, dict) else None
     if not isinstance(section, dict):
         raise CheckpointError(f"{path} has no 'backbone' section describing the architecture")
