@@ -120,13 +120,9 @@ def check_against_backbone(protocol: str, settings: Any, patch_size: int | None)
         )
     for name in ("backend", "search_backend"):
         if getattr(settings, name, None) == "faiss":
-            from densessl.ops.cluster import faiss_available
+            from densessl.ops.faiss_backend import require_faiss
 
-            if not faiss_available():
-                raise ConfigError(
-                    f"{protocol} setting {name}=faiss needs faiss (`pip install faiss-cpu`); "
-                    "or use the default torch backend"
-                )
+            require_faiss(f"{protocol} setting {name}=faiss")  # MissingFaissError: the hint
 
 
 def coerce_dataset_options(cls: type, options: Mapping[str, Any]) -> dict[str, Any]:
