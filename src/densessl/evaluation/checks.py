@@ -22,11 +22,13 @@ from densessl.config.strict_yaml import plain
 from densessl.errors import ConfigError, brief
 
 
-def _is_int(value: Any, low: int) -> bool:
+def is_int(value: Any, low: int) -> bool:
+    """An int (not a bool) ``>= low``."""
     return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
-def _is_num(value: Any) -> bool:
+def is_num(value: Any) -> bool:
+    """A finite int or float (not a bool)."""
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -64,17 +66,17 @@ def check_fields(
     """
     rules: list[tuple[str, Any, str]] = []
     rules += [
-        (n, lambda v, lo=lo: _is_int(v, lo), f"an integer >= {lo}")
+        (n, lambda v, lo=lo: is_int(v, lo), f"an integer >= {lo}")
         for n, lo in (ints or {}).items()
     ]
     rules += [
-        (n, lambda v, lo=lo: v is None or _is_int(v, lo), f"an integer >= {lo} or null")
+        (n, lambda v, lo=lo: v is None or is_int(v, lo), f"an integer >= {lo} or null")
         for n, lo in (optional_ints or {}).items()
     ]
-    rules += [(n, lambda v: _is_num(v) and v > 0, "a number > 0") for n in positive]
-    rules += [(n, lambda v: _is_num(v) and v >= 0, "a number >= 0") for n in non_negative]
+    rules += [(n, lambda v: is_num(v) and v > 0, "a number > 0") for n in positive]
+    rules += [(n, lambda v: is_num(v) and v >= 0, "a number >= 0") for n in non_negative]
     rules += [
-        (n, lambda v, lo=lo, hi=hi: _is_num(v) and lo <= v <= hi, f"in [{lo}, {hi}]")
+        (n, lambda v, lo=lo, hi=hi: is_num(v) and lo <= v <= hi, f"in [{lo}, {hi}]")
         for n, (lo, hi) in (within or {}).items()
     ]
     rules += [(n, _is_range, "a pair 0 < lo <= hi") for n in ranges]
@@ -93,14 +95,14 @@ def _is_range(value: Any) -> bool:
     if not isinstance(value, Sequence) or len(value) != 2:
         return False
     lo, hi = value
-    return _is_num(lo) and _is_num(hi) and 0 < lo <= hi
+    return is_num(lo) and is_num(hi) and 0 < lo <= hi
 
 
 def check_int_list(obj: Any, name: str, low: int) -> None:
     """``obj.name`` must be a non-empty list of integers >= ``low``."""
     values = getattr(obj, name)
     items = list(values) if isinstance(values, Sequence) and not isinstance(values, str) else []
-    if not items or not all(_is_int(v, low) for v in items):
+    if not items or not all(is_int(v, low) for v in items):
         raise ValueError(
             f"{type(obj).__name__}.{name} must be a non-empty list of integers >= {low}, "
             f"got {brief(values)}"

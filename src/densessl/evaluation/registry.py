@@ -35,12 +35,8 @@ from densessl.evaluation.overcluster_summary import (
     describe_overclustering,
     summarize_overclustering,
 )
-from densessl.evaluation.retrieval import (
-    RetrievalProtocol,
-    describe_retrieval,
-    evaluate_retrieval,
-    summarize_retrieval,
-)
+from densessl.evaluation.retrieval import RetrievalProtocol, evaluate_retrieval
+from densessl.evaluation.retrieval_summary import describe_retrieval, summarize_retrieval
 from densessl.evaluation.unsupervised.pipeline import evaluate_unsupervised
 from densessl.evaluation.unsupervised.settings import (
     UnsupervisedProtocol,

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -394,24 +393,3 @@ def evaluate_retrieval(
         "num_train": len(train_dataset),  # type: ignore[arg-type]
         "num_val": len(val_dataset),  # type: ignore[arg-type]
     }
-
-
-def describe_retrieval(p: RetrievalProtocol) -> str:
-    """The settings of a retrieval run in one line (printed beside every number)."""
-    memory = "all patches" if p.memory_size is None else f"{p.memory_size} patches"
-    return (
-        f"{p.image_size} px; memory {memory} from {p.augment_epochs} aug passes; "
-        f"k={p.num_neighbors}, T={p.temperature:g}; std ({p.std[0]:g}, {p.std[1]:g}, "
-        f"{p.std[2]:g}); seed {p.seed}"
-    )
-
-
-def summarize_retrieval(p: RetrievalProtocol, results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Headline rows: mIoU without matching, and Hungarian-matched as the official code."""
-    return [
-        {"result": "mIoU", "miou": value, "std": None, "matching": matching}
-        for matching, value in (
-            ("none", results["miou_no_matching"]),
-            ("hungarian (as the official code)", results["miou_hungarian"]),
-        )
-    ]

@@ -59,7 +59,6 @@ here).
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields, replace
@@ -71,6 +70,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from densessl.errors import brief
+from densessl.evaluation.checks import is_int, is_num
 from densessl.evaluation.linear.heads import HEADS, FCNHead, LinearHead, fit_head
 from densessl.evaluation.miou import ConfusionMatrix
 from densessl.evaluation.preprocess import (
@@ -152,17 +152,17 @@ class LinearProtocol:
         self.crop_scale = tuple(float(v) for v in self.crop_scale)  # type: ignore[assignment]
         self.crop_ratio = tuple(float(v) for v in self.crop_ratio)  # type: ignore[assignment]
         for name in ("image_size", "feature_size", "mask_size_train", "eval_mask_size"):
-            self._check(name, _is_int(getattr(self, name), 1), "an integer >= 1")
+            self._check(name, is_int(getattr(self, name), 1), "an integer >= 1")
         for name in ("epochs", "batch_size", "lr_step_epoch", "fcn_channels", "eval_batch_size"):
-            self._check(name, _is_int(getattr(self, name), 1), "an integer >= 1")
+            self._check(name, is_int(getattr(self, name), 1), "an integer >= 1")
         for name in ("cache_views", "num_workers", "seed"):
-            self._check(name, _is_int(getattr(self, name), 0), "an integer >= 0")
-        self._check("lr", _is_num(self.lr) and self.lr > 0, "> 0")
-        self._check("momentum", _is_num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)")
-        self._check("weight_decay", _is_num(self.weight_decay) and self.weight_decay >= 0, ">= 0")
-        self._check("lr_gamma", _is_num(self.lr_gamma) and self.lr_gamma > 0, "> 0")
+            self._check(name, is_int(getattr(self, name), 0), "an integer >= 0")
+        self._check("lr", is_num(self.lr) and self.lr > 0, "> 0")
+        self._check("momentum", is_num(self.momentum) and 0 <= self.momentum < 1, "in [0, 1)")
+        self._check("weight_decay", is_num(self.weight_decay) and self.weight_decay >= 0, ">= 0")
+        self._check("lr_gamma", is_num(self.lr_gamma) and self.lr_gamma > 0, "> 0")
         self._check("fcn_dropout", 0 <= self.fcn_dropout < 1, "in [0, 1)")
-        self._check("max_cache_gb", _is_num(self.max_cache_gb) and self.max_cache_gb > 0, "> 0")
+        self._check("max_cache_gb", is_num(self.max_cache_gb) and self.max_cache_gb > 0, "> 0")
         lo, hi = self.crop_scale if len(self.crop_scale) == 2 else (-1.0, -1.0)
         self._check("crop_scale", 0 < lo <= hi <= 1, "a pair 0 < lo <= hi <= 1")
         lo, hi = self.crop_ratio if len(self.crop_ratio) == 2 else (-1.0, -1.0)
@@ -220,14 +220,6 @@ class LinearProtocol:
             eval_batch_size=64,
         )
         return replace(base, **overrides)
-
-
-def _is_int(value: Any, lo: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= lo
-
-
-def _is_num(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 # ----------------------------------------------------------------------------- train / eval
