@@ -36,6 +36,31 @@ VIT_2X64 = ["backbone.depth=2", "backbone.embed_dim=64", "backbone.num_heads=2"]
 VIT_1X32 = ["backbone.depth=1", "backbone.embed_dim=32", "backbone.num_heads=2"]
 
 
+#: A small random-init variant of each backbone family, as overrides of a method's preset
+#: (the registry-wide smoke and distributed tests run every method on each).
+BACKBONE_FAMILIES = {
+    "vit": [],
+    "dinov2_reg": ["backbone.family=dinov2", "backbone.num_registers=4"],
+    "dinov3": ["backbone.family=dinov3"],
+}
+
+
+def family_overrides(method: str, family: str, preset: str = "smoke") -> list[str]:
+    """Overrides that put ``method``'s ``preset`` on ``family`` (``BACKBONE_FAMILIES``).
+
+    Rotary families have no GELU choice and no position table: a preset's tanh GELU (LOCA)
+    becomes the exact one, and a sin-cos table (FLSL) is turned off, as their checks ask.
+    """
+    extra = list(BACKBONE_FAMILIES[family])
+    if family == "dinov3":
+        cfg = run_config(method, preset=preset)
+        if cfg.backbone.act_layer != "gelu":
+            extra.append("backbone.act_layer=gelu")
+        if getattr(cfg.params, "sincos_pos_embed", False):
+            extra.append(f"{method}.sincos_pos_embed=false")
+    return extra
+
+
 def scenes(num_images: int, batch_size: int) -> list[str]:
     """Train on ``num_images`` synthetic scenes (80% of them train) in batches of ``batch_size``."""
     return [f"data.scenes_num_images={num_images}", f"data.batch_size={batch_size}"]

@@ -194,7 +194,8 @@ def _resolve(source: str | os.PathLike[str] | ViTBackbone, which: str) -> tuple[
     text = str(source)
     if text.startswith(("timm:", "random")):
         raise CheckpointError(
-            f"cannot export {text!r}: export a densessl run directory, checkpoint or DINO file"
+            f"cannot export {text!r}: export a densessl run directory or checkpoint, or an "
+            "official DINO, DINOv2 or DINOv3 file"
         )
     path = user_path(text)
     if not path.exists():

@@ -219,4 +219,4 @@ def test_random_init_is_seeded_and_copies_a_run_architecture(tiny_run):
     by_name = build_extractor("random", arch="vit_tiny", patch_size=8)
     assert by_name.patch_size == 8 and by_name.model.config.resolved_depth == 12
     with pytest.raises(ConfigError, match="random init needs an arch"):
-        random_init("vit_huge")
+        random_init("vit_colossal")

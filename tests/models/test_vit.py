@@ -399,7 +399,7 @@ def test_timm_spec_recreates_the_model(config):
 @pytest.mark.parametrize(
     ("overrides", "match"),
     [
-        ({"arch": "vit_huge"}, "unknown arch 'vit_huge'"),
+        ({"arch": "vit_colossal"}, "unknown arch 'vit_colossal'"),
         ({"img_size": 100}, "img_size 100 is not a multiple of patch_size 16"),
         ({"embed_dim": 100, "num_heads": 3}, "embed_dim 100 is not divisible by num_heads 3"),
         ({"pos_interp": "bicubic"}, "pos_interp must be one of"),

@@ -5,7 +5,7 @@ trainer (DDP, the distributed sampler, the all-reduces inside centres, Sinkhorn,
 FLSL's regulariser, sample-keyed randomness); the same configs then train in this process
 with the whole batch. Losses (logged as the mean over processes) and every parameter and
 buffer of the final checkpoint must agree to float tolerance. Registering a method enrols
-it here, with its ``smoke`` preset.
+it here, with its ``smoke`` preset, on a small variant of each backbone family.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.multiprocessing as mp
 
 from densessl.methods.base import list_methods
 from densessl.train.trainer import Trainer
-from helpers import CPU, VIT_1X32, run_config
+from helpers import BACKBONE_FAMILIES, CPU, VIT_1X32, family_overrides, run_config
 
 GLOBAL_BATCH = 4
 STEPS = 3
@@ -39,18 +39,25 @@ COMMON = [
 ]
 
 
-def _config(method: str, per_process_batch: int):
-    return run_config(method, *COMMON, f"data.batch_size={per_process_batch}", preset="smoke")
+#: ``(method, backbone family)`` runs: every method on every family.
+CASES = [(m, f) for m in sorted(list_methods()) for f in BACKBONE_FAMILIES]
 
 
-def _worker(rank: int, init_file: str, out_dir: str, methods: list[str]) -> None:
+def _config(method: str, per_process_batch: int, family: str = "vit"):
+    extra = family_overrides(method, family)
+    batch = f"data.batch_size={per_process_batch}"
+    return run_config(method, *COMMON, batch, *extra, preset="smoke")
+
+
+def _worker(rank: int, init_file: str, out_dir: str, cases: list[tuple[str, str]]) -> None:
     torch.set_num_threads(1)
     torch.distributed.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=2
     )
     try:
-        for method in methods:
-            Trainer(_config(method, GLOBAL_BATCH // 2), Path(out_dir) / method).fit()
+        for method, family in cases:
+            run = Path(out_dir) / f"{method}-{family}"
+            Trainer(_config(method, GLOBAL_BATCH // 2, family), run).fit()
             torch.distributed.barrier()
         # Exact distributed resume, with rank-local state (Leopart's queue shards).
         resumed = Path(out_dir) / "leopart-resumed"
@@ -78,27 +85,29 @@ def _rows(queue: torch.Tensor) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("ddp")
-    methods = sorted(list_methods())
-    mp.spawn(_worker, args=(str(root / "init"), str(root / "ddp"), methods), nprocs=2, join=True)
+    mp.spawn(_worker, args=(str(root / "init"), str(root / "ddp"), CASES), nprocs=2, join=True)
     torch.manual_seed(0)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as each worker: the same kernels, the same float rounding
     try:
-        for method in methods:
-            Trainer(_config(method, GLOBAL_BATCH), root / "single" / method).fit()
+        for method, family in CASES:
+            run = root / "single" / f"{method}-{family}"
+            Trainer(_config(method, GLOBAL_BATCH, family), run).fit()
     finally:
         torch.set_num_threads(threads)
     return {"root": root}
 
 
-@pytest.mark.parametrize("method", sorted(list_methods()))
-def test_two_processes_train_like_one(runs: dict[str, Path], method: str) -> None:
-    single, single_losses = _result(runs["root"] / "single" / method)
-    ddp, ddp_losses = _result(runs["root"] / "ddp" / method)
+@pytest.mark.parametrize(("method", "family"), CASES)
+def test_two_processes_train_like_one(runs: dict[str, Path], method: str, family: str) -> None:
+    single, single_losses = _result(runs["root"] / "single" / f"{method}-{family}")
+    ddp, ddp_losses = _result(runs["root"] / "ddp" / f"{method}-{family}")
     assert len(single_losses) == len(ddp_losses) == STEPS
     assert ddp_losses == pytest.approx(single_losses, rel=1e-5, abs=1e-6)
     assert single.keys() == ddp.keys()
-    initial = Trainer(_config(method, GLOBAL_BATCH), runs["root"] / "init_state" / method)
+    initial = Trainer(
+        _config(method, GLOBAL_BATCH, family), runs["root"] / "init_state" / f"{method}-{family}"
+    )
     rank_local = initial.method.rank_local_buffers()
     for key in rank_local:  # per-process shards: their union is the single-process state
         if key.endswith("embeddings"):
@@ -109,7 +118,12 @@ def test_two_processes_train_like_one(runs: dict[str, Path], method: str) -> Non
     for key, value in single.items():
         if key in rank_local:
             continue
-        if value.is_floating_point():
+        if value.is_floating_point() and key.endswith(".k.bias"):
+            # A key bias shifts every logit of a query equally, so softmax is invariant to it:
+            # its gradient is pure float noise, which AdamW scales to steps of ~lr. Only the
+            # size of the move is comparable (<= lr x steps = 3e-3).
+            assert (ddp[key] - value).abs().max() < 1e-3, key
+        elif value.is_floating_point():
             # AdamW turns float noise in exactly-zero gradients (e.g. the attention's key
             # bias, to which softmax is invariant) into small updates: atol is ~2% of the
             # largest 3-step AdamW move (lr 1e-3 x 3), still 20x below the training signal.
@@ -125,7 +139,7 @@ def test_two_processes_train_like_one(runs: dict[str, Path], method: str) -> Non
 
 
 def test_distributed_resume_is_exact(runs: dict[str, Path]) -> None:
-    straight, straight_losses = _result(runs["root"] / "ddp" / "leopart")
+    straight, straight_losses = _result(runs["root"] / "ddp" / "leopart-vit")
     resumed, resumed_losses = _result(runs["root"] / "ddp" / "leopart-resumed")
     assert resumed_losses == straight_losses
     assert straight.keys() == resumed.keys()

@@ -182,8 +182,9 @@ def from_checkpoint(
     arch: str | None = None,
     patch_size: int | None = None,
     which: str = "teacher",
+    num_heads: int | None = None,
 ) -> PatchFeatureExtractor:
-    """A densessl checkpoint file or an official DINO checkpoint.
+    """A densessl checkpoint file or an official DINO, DINOv2 or DINOv3 checkpoint.
 
     Args:
         path: the file. A densessl checkpoint carries its architecture; for DINO files it is
@@ -192,6 +193,7 @@ def from_checkpoint(
             ``patch_size``, default 16, and DINO's position resampling) and load strictly.
         patch_size: patch side of ``arch``; alone, it is checked against the file.
         which: ``"teacher"`` or ``"student"`` network of a training checkpoint.
+        num_heads: attention heads of an official file whose width is not standard.
 
     Raises:
         CheckpointError: unreadable file, no ViT weights, or weights that do not fit.
@@ -205,7 +207,7 @@ def from_checkpoint(
             config = BackboneConfig(arch=arch, patch_size=patch_size or 16, pos_interp="dino")
         except ValueError as err:
             raise ConfigError(str(err)) from err
-    backbone = backbone_from_state(state, path, config, which=which)
+    backbone = backbone_from_state(state, path, config, which=which, num_heads=num_heads)
     if patch_size is not None and backbone.patch_size != patch_size:
         raise CheckpointError(
             f"{path} holds a backbone with patch size {backbone.patch_size}, not {patch_size}"
@@ -215,8 +217,10 @@ def from_checkpoint(
         source.update(method=state.get("method"), step=state.get("step"))
         what = f"checkpoint {path} ({which}, {state.get('method')}, step {state.get('step')})"
     else:
-        source = {"kind": "dino", "path": str(path), "which": which}
-        what = f"DINO checkpoint {path} ({which})"
+        family = backbone.config.family
+        kind = "dino" if family == "vit" else family
+        source = {"kind": kind, "path": str(path), "which": which}
+        what = f"{'DINO' if family == 'vit' else family} checkpoint {path} ({which})"
     return _wrap(backbone, source, what)
 
 
@@ -360,6 +364,7 @@ def build_extractor(
     which: str = "teacher",
     weights: str | Path | None = None,
     seed: int = 0,
+    num_heads: int | None = None,
 ) -> PatchFeatureExtractor:
     """An extractor from a ``--backbone`` string (see the module docstring for the forms).
 
@@ -369,6 +374,7 @@ def build_extractor(
         which: ``"teacher"`` or ``"student"`` (runs and training checkpoints).
         weights: the weights file of ``timm:NAME``.
         seed: seed of ``random:...``.
+        num_heads: attention heads of an official checkpoint of a non-standard width.
 
     Raises:
         CheckpointError: missing or unusable files (the message names them).
@@ -394,8 +400,8 @@ def build_extractor(
             f"{path} is neither a densessl run directory (config.yaml, checkpoints/last.pt) "
             "nor an exported backbone (*.safetensors + meta.json)"
         )
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and (path.with_name("meta.json")).is_file():
         return from_export(path)
     if not path.exists():
         raise CheckpointError(f"backbone {text!r} not found; expected {SOURCES_HELP}")
-    return from_checkpoint(path, arch, patch_size, which)
+    return from_checkpoint(path, arch, patch_size, which, num_heads=num_heads)

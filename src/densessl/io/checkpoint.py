@@ -66,10 +66,21 @@ def save_atomic(obj: Any, path: Path | str) -> Path:
 
 
 def load_file(path: Path | str) -> Any:
-    """Load a checkpoint-like file safely (``weights_only=True``) with a clear error."""
+    """Load a checkpoint-like file safely (``weights_only=True``) with a clear error.
+
+    ``.safetensors`` files (timm's and Hugging Face's layout) are read as a state dict.
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file as load_safetensors
+
+        try:
+            return load_safetensors(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path} is not a readable safetensors file ({err})") from err
     try:
         with _namespace_allowed():
             obj = torch.load(path, map_location="cpu", weights_only=True)

@@ -119,11 +119,18 @@ def check_config_fits(
     if ("cls_token" in weights) != config.cls_token:
         holds = "hold a cls_token" if "cls_token" in weights else "hold no cls_token"
         problems.append(f"cls_token={config.cls_token} but the weights {holds}")
+    regs = _shape(weights, "reg_token")
+    held = regs[1] if regs is not None and len(regs) == 3 else 0
+    if held != config.resolved_num_registers:
+        problems.append(
+            f"num_registers={config.resolved_num_registers} but the weights hold {held} "
+            "register tokens"
+        )
     pos = _shape(weights, "pos_embed")
     if pos is not None and (len(pos) != 3 or pos[-1] != width):
         problems.append(f"embed_dim {width} but pos_embed is {list(pos)}")
     elif pos is not None and exact_grid:
-        tokens = pos[1] - int(config.cls_token)
+        tokens = pos[1] - (config.num_prefix_tokens if config.resolved_num_registers == 0 else 0)
         grid = config.img_size // p
         if tokens != grid * grid:
             side = math.isqrt(max(tokens, 0))

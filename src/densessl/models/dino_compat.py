@@ -30,15 +30,24 @@ from timm.layers import resample_abs_pos_embed
 from torch import Tensor
 
 #: Keys every supported ViT state dict has (timm/DINO layout).
-REQUIRED_KEYS = ("patch_embed.proj.weight", "pos_embed", "blocks.0.attn.qkv.weight")
+REQUIRED_KEYS = ("patch_embed.proj.weight", "blocks.0.attn.qkv.weight")
+#: One of these position keys: a learned table, or the registers / RoPE periods of a RoPE
+#: model (timm Eva, official DINOv3).
+POSITION_KEYS = ("pos_embed", "reg_token", "storage_tokens", "rope_embed.periods")
 #: Prefixes stripped from every key: DDP, DINO's MultiCropWrapper, torch.compile.
 STRIP_PREFIXES = ("module.", "backbone.", "_orig_mod.")
 #: Keys (after stripping) that belong to heads, not to the backbone.
 HEAD_PREFIXES = ("head.", "fc_norm.")
 #: Wrappers some training frameworks put around a state dict.
 WRAPPER_KEYS = ("state_dict", "model")
-#: DINO's standard sizes: embed_dim → (arch, num_heads); all have head dim 64.
-STANDARD_WIDTHS = {192: ("vit_tiny", 3), 384: ("vit_small", 6), 768: ("vit_base", 12)}
+#: Standard sizes: embed_dim → (arch, num_heads); all have head dim 64.
+STANDARD_WIDTHS = {
+    192: ("vit_tiny", 3),
+    384: ("vit_small", 6),
+    768: ("vit_base", 12),
+    1024: ("vit_large", 16),
+    1280: ("vit_huge", 16),
+}
 
 
 def describe(obj: Any, limit: int = 8) -> str:
@@ -54,7 +63,7 @@ def describe(obj: Any, limit: int = 8) -> str:
 
 def _looks_like_vit(state: Mapping[str, Any]) -> bool:
     keys = {_strip(str(k)) for k in state}
-    return all(k in keys for k in REQUIRED_KEYS)
+    return all(k in keys for k in REQUIRED_KEYS) and any(k in keys for k in POSITION_KEYS)
 
 
 def _strip(key: str) -> str:
@@ -129,6 +138,8 @@ def dino_state_dict_to_timm(state_dict: Any, which: str = "teacher") -> dict[str
             continue
         out[name] = value
     missing = [k for k in REQUIRED_KEYS if k not in out]
+    if not any(k in out for k in POSITION_KEYS):
+        missing.append("pos_embed")
     if missing:
         raise ValueError(
             f"not a DINO/timm ViT state dict: missing {missing}; expected keys like "
@@ -142,16 +153,20 @@ def infer_vit_fields(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
     """Read the architecture of a timm-layout ViT state dict from its tensor shapes.
 
     Args:
-        state: output of :func:`dino_state_dict_to_timm`.
+        state: timm keys (output of :func:`dino_state_dict_to_timm` or of a family
+            converter in :mod:`densessl.models.formats`).
 
     Returns:
-        ``BackboneConfig`` fields: ``patch_size``, ``embed_dim``, ``depth``, ``img_size``
-        (the position-embedding grid times the patch size), ``cls_token``, ``final_norm``
-        and, for DINO's standard widths (192/384/768), ``arch`` and ``num_heads``.
+        ``BackboneConfig`` fields: ``family`` (``dinov3`` for timm's Eva layout with rotary
+        positions, ``dinov2`` when the blocks have layer scale, else ``vit``),
+        ``num_registers``, ``patch_size``, ``embed_dim``, ``depth``, ``img_size`` (the
+        position-embedding grid times the patch size; 224 without a table),
+        ``cls_token``, ``final_norm`` and, for the standard widths (192/384/768/1024/1280),
+        ``arch`` and ``num_heads``.
 
     Raises:
         ValueError: a shape this library cannot build (non-square patches or grid, MLP ratio
-            other than 4).
+            other than 4, layer scale in a plain ViT).
     """
     proj = state["patch_embed.proj.weight"]  # [D, 3, p, p]
     embed_dim, _, ph, pw = proj.shape
@@ -159,21 +174,32 @@ def infer_vit_fields(state: Mapping[str, torch.Tensor]) -> dict[str, Any]:
         raise ValueError(f"non-square patches {ph}x{pw} are not supported")
     depth = 1 + max(int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k)))
     cls_token = "cls_token" in state
-    num_pos = state["pos_embed"].shape[1] - (1 if cls_token else 0)
-    grid = math.isqrt(num_pos)
-    if grid * grid != num_pos:
-        raise ValueError(f"pos_embed has {num_pos} patch positions, not a square grid")
+    registers = int(state["reg_token"].shape[1]) if "reg_token" in state else 0
+    if "blocks.0.gamma_1" in state or "pos_embed" not in state:
+        family = "dinov3"
+    elif "blocks.0.ls1.gamma" in state:
+        family = "dinov2"
+    else:
+        family = "vit"
     hidden = state.get("blocks.0.mlp.fc1.weight")
     if hidden is not None and hidden.shape[0] != 4 * embed_dim:
         raise ValueError(f"MLP width {hidden.shape[0]} is not 4 x embed_dim ({embed_dim})")
     fields: dict[str, Any] = {
+        "family": family,
+        "num_registers": registers,
         "patch_size": int(ph),
         "embed_dim": int(embed_dim),
         "depth": depth,
-        "img_size": grid * int(ph),
+        "img_size": 224 // int(ph) * int(ph) or int(ph),
         "cls_token": cls_token,
         "final_norm": "norm.weight" in state,
     }
+    if "pos_embed" in state:
+        num_pos = state["pos_embed"].shape[1] - (1 if cls_token and not registers else 0)
+        grid = math.isqrt(num_pos)
+        if grid * grid != num_pos:
+            raise ValueError(f"pos_embed has {num_pos} patch positions, not a square grid")
+        fields["img_size"] = grid * int(ph)
     if embed_dim in STANDARD_WIDTHS:
         fields["arch"], fields["num_heads"] = STANDARD_WIDTHS[embed_dim]
     return fields

@@ -1,7 +1,9 @@
 """Build a :class:`~densessl.models.vit.ViTBackbone` from weights on disk.
 
-* :func:`load_backbone`: a file: an official DINO checkpoint (any of its layouts, see
-  :mod:`densessl.models.dino_compat`) or a densessl training checkpoint (teacher or student);
+* :func:`load_backbone`: a file: an official DINO, DINOv2 or DINOv3 checkpoint (any of their
+  layouts, see :mod:`densessl.models.dino_compat` and :mod:`densessl.models.formats`), a
+  timm-layout state dict of any supported family (``.pth`` or ``.safetensors``, e.g. timm's
+  Hugging Face files) or a densessl training checkpoint (teacher or student);
 * :func:`backbone_from_state`: the same on an already loaded checkpoint object;
 * :func:`load_timm_weights`: strict load of timm-layout weights into a built backbone,
   resampling the position embedding to its grid.
@@ -25,7 +27,10 @@ from densessl.models.dino_compat import (
     dino_state_dict_to_timm,
     infer_vit_fields,
     resample_pos_embed,
+    select_state_dict,
 )
+from densessl.models.formats.dinov2 import dinov2_to_timm, looks_like_dinov2
+from densessl.models.formats.dinov3 import dinov3_to_timm, looks_like_dinov3
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone, describe_config
 
 __all__ = ["backbone_from_state", "load_backbone", "load_timm_weights"]
@@ -46,22 +51,29 @@ def load_backbone(
     *,
     which: str = "teacher",
     pos_interp: str | None = None,
+    num_heads: int | None = None,
 ) -> ViTBackbone:
-    """Load a backbone from an official DINO checkpoint (or a densessl training checkpoint).
+    """Load a backbone from an official checkpoint (or a densessl training checkpoint).
 
     Args:
         path: a ``.pth`` file: a DINO backbone release (``dino_deitsmall16_pretrain.pth``),
             a full DINO training checkpoint (``student``/``teacher``/``optimizer``/...), a
-            state dict wrapped under ``state_dict``/``model``, or a densessl
+            state dict wrapped under ``state_dict``/``model``, an official DINOv2 or DINOv3
+            release (``dinov2_vits14_reg4_pretrain.pth``,
+            ``dinov3_vits16_pretrain_lvd1689m-*.pth``) or training checkpoint, a timm-layout
+            state dict of any family (``.pth`` or ``.safetensors``), or a densessl
             ``checkpoints/last.pt`` (its EMA-teacher backbone, or the student's).
-        config: the backbone to build. ``None`` infers it from the weights: patch size,
-            width, depth, CLS token, final norm and ``img_size`` (the checkpoint's position
-            grid, so nothing is resampled at load time); ``num_heads`` comes from DINO's
-            standard widths (192/384/768) and any other width needs a config. A densessl
-            checkpoint's own saved backbone config is used instead when present.
+        config: the backbone to build. ``None`` infers it from the weights: family,
+            registers, patch size, width, depth, CLS token, final norm and ``img_size`` (the
+            checkpoint's position grid, so nothing is resampled at load time); ``num_heads``
+            comes from the standard widths (192/384/768/1024/1280, head width 64) or the
+            ``num_heads`` argument. A densessl checkpoint's own saved backbone config is used
+            instead when present.
         which: ``"teacher"`` (default) or ``"student"`` network of a training checkpoint.
         pos_interp: position-embedding resampling; ``None`` means the config's value, or
-            ``"dino"`` when the config is inferred (official features at every input size).
+            ``"dino"`` when the config is inferred (official DINO/DINOv2 features at every
+            input size).
+        num_heads: attention heads of an inferred config whose width is not standard.
 
     Returns:
         The backbone in eval mode on the CPU.
@@ -72,7 +84,9 @@ def load_backbone(
     """
     path = Path(path)
     state = load_file(path)  # weights_only=True, CheckpointError naming the file
-    return backbone_from_state(state, path, config, which=which, pos_interp=pos_interp)
+    return backbone_from_state(
+        state, path, config, which=which, pos_interp=pos_interp, num_heads=num_heads
+    )
 
 
 def backbone_from_state(
@@ -82,6 +96,7 @@ def backbone_from_state(
     *,
     which: str = "teacher",
     pos_interp: str | None = None,
+    num_heads: int | None = None,
 ) -> ViTBackbone:
     """:func:`load_backbone` on an already loaded checkpoint object (``source`` names it)."""
     saved: dict[str, Any] = {}
@@ -90,16 +105,19 @@ def backbone_from_state(
             weights = training_backbone_weights(state, which)
             saved = _saved_backbone_fields(state)
         else:
-            weights = dino_state_dict_to_timm(state, which=which)
+            weights = official_to_timm(state, which)
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{source}: {err}") from err
     if config is None:
         try:
             fields = saved or {**infer_vit_fields(weights), "pos_interp": "dino"}
+            if num_heads is not None and not saved:
+                fields.update(num_heads=num_heads, arch=fields.get("arch", "vit_small"))
             if "num_heads" not in fields:
                 raise ValueError(
-                    f"cannot infer num_heads for embed_dim {fields['embed_dim']} (DINO widths "
-                    "are 192/384/768); pass config=BackboneConfig(embed_dim=..., num_heads=...)"
+                    f"cannot infer num_heads for embed_dim {fields['embed_dim']} (standard "
+                    "widths are 192/384/768/1024/1280); pass num_heads=... or "
+                    "config=BackboneConfig(embed_dim=..., num_heads=...)"
                 )
             config = BackboneConfig(**fields)
         except (TypeError, ValueError) as err:
@@ -112,6 +130,27 @@ def backbone_from_state(
     return backbone.eval()
 
 
+def official_to_timm(state: Any, which: str = "teacher") -> dict[str, Tensor]:
+    """timm keys of an official checkpoint: DINOv3, DINOv2, else DINO / timm layout.
+
+    Raises:
+        ValueError: no ViT backbone in ``state`` (the message describes the file).
+    """
+    network = select_state_dict(state, which)
+    if looks_like_dinov3(network) or _prefixed(network, which, looks_like_dinov3):
+        return dinov3_to_timm(state, which)
+    if looks_like_dinov2(network) or _prefixed(network, which, looks_like_dinov2):
+        return dinov2_to_timm(state, which)
+    return dino_state_dict_to_timm(state, which=which)
+
+
+def _prefixed(network: Any, which: str, test: Any) -> bool:
+    """``test`` on the ``which.``-prefixed keys of a flat training checkpoint."""
+    flat = f"{which}."
+    keys = {str(k)[len(flat) :]: None for k in network if str(k).startswith(flat)}
+    return bool(keys) and test(keys)
+
+
 def load_timm_weights(backbone: ViTBackbone, weights: dict[str, Tensor], source: str) -> None:
     """Load timm-layout weights strictly, resampling ``pos_embed`` to the backbone's grid.
 
@@ -122,7 +161,7 @@ def load_timm_weights(backbone: ViTBackbone, weights: dict[str, Tensor], source:
     weights = dict(weights)
     pos = weights.get("pos_embed")
     if pos is not None and pos.shape != model.pos_embed.shape:
-        prefix = backbone.num_prefix_tokens
+        prefix = 0 if model.no_embed_class else backbone.num_prefix_tokens
         old = math.isqrt(pos.shape[1] - prefix)
         if old * old == pos.shape[1] - prefix and pos.shape[-1] == model.pos_embed.shape[-1]:
             weights["pos_embed"] = resample_pos_embed(

@@ -1,19 +1,24 @@
 """The ViT backbone every method and evaluation shares: a thin wrapper around timm.
 
-:class:`ViTBackbone` holds a timm ``VisionTransformer`` (``self.model``, so its state dict
-keys are ``model.<timm key>``) and exposes dense outputs:
+:class:`ViTBackbone` holds a timm model (``self.model``, so its state dict keys are
+``model.<timm key>``): a ``VisionTransformer`` for the ``vit`` and ``dinov2`` families, an
+``Eva`` with rotary position embeddings for ``dinov3`` (:mod:`densessl.models.config`). Every
+family exposes the same dense outputs; prefix tokens (CLS, registers) take part in every
+block but never enter the patch grid:
 
 * :meth:`ViTBackbone.tokens` → ``(cls [B, D] | None, patches [B, h, w, D])``, row-major
   patch grid, after the final LayerNorm (or before it when ``final_norm=False``);
 * :meth:`ViTBackbone.last_attention` → ``[B, heads, h*w]``, the last block's softmax
   attention from the CLS query to every patch (DINO's ``get_last_selfattention(x)[:, :, 0, 1:]``);
-* :meth:`ViTBackbone.tokens_and_attention` → both from one forward pass.
+* :meth:`ViTBackbone.tokens_and_attention` → both from one forward pass;
+* :meth:`ViTBackbone.block_tokens` → the same pairs after chosen blocks (multi-layer probes).
 
-Any input whose sides are multiples of the patch size works (non-square too): position
-embeddings are resampled per forward. ``pos_interp="timm"`` uses timm's resampling
-(bicubic to the target ``size``, antialiased); ``pos_interp="dino"`` reproduces the official
-DINO code exactly (bicubic with ``scale_factor=(n + 0.1) / sqrt(N)``, no antialias,
-facebookresearch/dino @7c446df5 ``vision_transformer.py`` L174-194). Training runs timm's
+Any input whose sides are multiples of the patch size works (non-square too): learned
+position embeddings are resampled per forward, rotary angles recomputed for the grid.
+``pos_interp="timm"`` uses timm's resampling (bicubic to the target ``size``, antialiased);
+``pos_interp="dino"`` reproduces the official DINO (and DINOv2) code exactly (bicubic with
+``scale_factor=(n + 0.1) / sqrt(N)``, no antialias, facebookresearch/dino @7c446df5
+``vision_transformer.py`` L174-194); ``"bilinear"`` the official LOCA. Training runs timm's
 fused ``scaled_dot_product_attention`` (the explicit product on CPU under bf16 autocast, where
 it is faster: :mod:`densessl.models.attention`); attention maps are computed only when asked.
 
@@ -23,16 +28,23 @@ Loading weights from files (``load_backbone``, ``backbone_from_state``,
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
 import timm
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
-from densessl.errors import brief
-from densessl.models.attention import ATTENTION_MODES, use_block_attention
+from densessl.models.attention import use_block_attention
+from densessl.models.cls_attention import cls_attention
+from densessl.models.config import (
+    ARCHS,
+    FAMILIES,
+    BackboneConfig,
+    describe_config,
+    timm_spec_for,
+)
 from densessl.models.dino_compat import dino_state_dict_to_timm, resample_pos_embed
 
 __all__ = [
@@ -43,104 +55,8 @@ __all__ = [
     "describe_config",
     "dino_state_dict_to_timm",
     "resample_pos_embed",
+    "timm_spec_for",
 ]
-
-#: arch → (embed_dim, depth, num_heads), as in DINO (L236-255) and timm.
-ARCHS: dict[str, tuple[int, int, int]] = {
-    "vit_tiny": (192, 12, 3),
-    "vit_small": (384, 12, 6),
-    "vit_base": (768, 12, 12),
-}
-POS_INTERP = ("timm", "dino", "bilinear")
-ACT_LAYERS = ("gelu", "gelu_tanh")
-
-
-@dataclass
-class BackboneConfig:
-    """Which ViT to build.
-
-    Attributes:
-        arch: ``vit_tiny`` (192-d, 3 heads), ``vit_small`` (384/6) or ``vit_base`` (768/12);
-            all 12 blocks deep unless ``depth`` says otherwise.
-        patch_size: patch side in pixels (8 and 16 are the DINO sizes).
-        img_size: side of the image the position-embedding grid is created for; inputs of
-            any size (multiples of ``patch_size``) work through interpolation.
-        depth / embed_dim / num_heads: overrides of the arch's values (tiny CPU presets).
-        cls_token: prepend a [CLS] token (SelfPatch and FLSL use ``False``).
-        final_norm: apply the final LayerNorm in :meth:`ViTBackbone.tokens` (SelfPatch keeps
-            it in its head: ``False``).
-        drop_path_rate: stochastic depth, linear from 0 to this over the blocks.
-        pos_interp: ``"timm"`` (timm's antialiased bicubic resampling), ``"dino"``
-            (the official DINO formula; bit-compatible with its features at any size) or
-            ``"bilinear"`` (antialiased bilinear, ``jax.image.resize``: the official LOCA).
-        grad_checkpointing: recompute each block's activations in the backward pass instead
-            of keeping them (activation checkpointing): ~1/3 more compute for a much smaller
-            activation memory; for ViT-B/L or large batches. Training-time only, the weights
-            are unchanged.
-        act_layer: the blocks' MLP activation: ``"gelu"`` (exact, erf: timm and DINO) or
-            ``"gelu_tanh"`` (the tanh approximation: Flax's ``nn.gelu`` default, so the official
-            LOCA code; about 1e-3 per layer from the exact one). Exports carry it in
-            ``timm_kwargs``.
-        attention: the blocks' attention kernel (:mod:`densessl.models.attention`): ``"auto"``
-            (explicit product for CPU inputs under bf16 autocast, where PyTorch's CPU
-            flash kernel is slower; fused ``scaled_dot_product_attention`` otherwise),
-            ``"fused"`` or ``"explicit"``. Same weights and outputs up to rounding.
-    """
-
-    arch: str = "vit_small"
-    patch_size: int = 16
-    img_size: int = 224
-    depth: int | None = None
-    embed_dim: int | None = None
-    num_heads: int | None = None
-    cls_token: bool = True
-    final_norm: bool = True
-    drop_path_rate: float = 0.0
-    pos_interp: str = "timm"
-    grad_checkpointing: bool = False
-    attention: str = "auto"
-    act_layer: str = "gelu"
-
-    def __post_init__(self) -> None:
-        if self.act_layer not in ACT_LAYERS:
-            raise ValueError(f"act_layer must be one of {ACT_LAYERS}, got {self.act_layer!r}")
-        if self.arch not in ARCHS:
-            raise ValueError(f"unknown arch {brief(self.arch)}; choose one of {sorted(ARCHS)}")
-        if self.pos_interp not in POS_INTERP:
-            raise ValueError(
-                f"pos_interp must be one of {POS_INTERP}, got {brief(self.pos_interp)}"
-            )
-        if self.attention not in ATTENTION_MODES:
-            raise ValueError(
-                f"attention must be one of {ATTENTION_MODES}, got {brief(self.attention)}"
-            )
-        for name in ("patch_size", "img_size", "depth", "embed_dim", "num_heads"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value}")
-        if self.img_size % self.patch_size:
-            raise ValueError(
-                f"img_size {self.img_size} is not a multiple of patch_size {self.patch_size}"
-            )
-        if self.resolved_embed_dim % self.resolved_num_heads:
-            raise ValueError(
-                f"embed_dim {self.resolved_embed_dim} is not divisible by "
-                f"num_heads {self.resolved_num_heads}"
-            )
-        if not 0.0 <= self.drop_path_rate < 1.0:
-            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
-
-    @property
-    def resolved_embed_dim(self) -> int:
-        return self.embed_dim if self.embed_dim is not None else ARCHS[self.arch][0]
-
-    @property
-    def resolved_depth(self) -> int:
-        return self.depth if self.depth is not None else ARCHS[self.arch][1]
-
-    @property
-    def resolved_num_heads(self) -> int:
-        return self.num_heads if self.num_heads is not None else ARCHS[self.arch][2]
 
 
 class ViTBackbone(nn.Module):
@@ -148,9 +64,11 @@ class ViTBackbone(nn.Module):
 
     Attributes:
         config: the :class:`BackboneConfig` it was built from.
-        model: the timm ``VisionTransformer`` (``num_classes=0``, ``global_pool=''``,
-            ``dynamic_img_size=True``).
+        model: the timm ``VisionTransformer`` or ``Eva`` (``num_classes=0``,
+            ``global_pool=''``, ``dynamic_img_size=True``).
         patch_size / embed_dim / num_heads / has_cls_token: shortcuts.
+        num_registers: register tokens; num_prefix_tokens: CLS + registers.
+        uses_rope: rotary position embeddings (``dinov3``) instead of a learned table.
     """
 
     def __init__(self, config: BackboneConfig) -> None:
@@ -167,7 +85,9 @@ class ViTBackbone(nn.Module):
         self.embed_dim = config.resolved_embed_dim
         self.num_heads = config.resolved_num_heads
         self.has_cls_token = config.cls_token
-        self.num_prefix_tokens = 1 if config.cls_token else 0
+        self.num_registers = config.resolved_num_registers
+        self.num_prefix_tokens = config.num_prefix_tokens
+        self.uses_rope = FAMILIES[config.family].rope
         use_block_attention(self.model, config.attention)
         self.model.set_grad_checkpointing(config.grad_checkpointing)
 
@@ -198,26 +118,46 @@ class ViTBackbone(nn.Module):
         return timm_spec_for(self.config)
 
     # ------------------------------------------------------------------ forward parts
-    def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
-        """Patch-embed, add (resampled) positions and the CLS token: ``[B, prefix + h*w, D]``."""
+    def _patches(self, x: Tensor) -> tuple[Tensor, tuple[int, int]]:
+        """Patch-embed images ``[B, C, H, W]`` → ``([B, h, w, D], (h, w))``."""
         if x.ndim != 4:
             raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
         grid = self.grid_size(x.shape[-2], x.shape[-1])
         weight = self.model.patch_embed.proj.weight
-        x = x.to(device=weight.device, dtype=weight.dtype)
+        return self.model.patch_embed(x.to(device=weight.device, dtype=weight.dtype)), grid
+
+    def _prefix(self, batch: int) -> list[Tensor]:
         m = self.model
-        tokens = m.patch_embed(x)  # [B, h, w, D] (dynamic_img_size → NHWC)
+        tokens = [m.cls_token] if self.has_cls_token else []
+        tokens += [m.reg_token] if self.num_registers else []
+        return [t.expand(batch, -1, -1) for t in tokens]
+
+    def _embed(self, x: Tensor) -> tuple[Tensor, tuple[int, int], Tensor | None]:
+        """Patch + position embedding and prefix tokens: ``([B, prefix + h*w, D], grid, rope)``.
+
+        ``rope`` is the rotary embedding of the grid (``[h*w, 2 * head_dim]``) for ``dinov3``,
+        else None.
+        """
+        tokens, grid = self._patches(x)  # [B, h, w, D] (dynamic_img_size → NHWC)
+        m = self.model
+        if self.uses_rope:
+            tokens, rope = m._pos_embed(tokens)
+            return m.norm_pre(tokens), grid, rope
         if self.config.pos_interp == "timm":
             tokens = m._pos_embed(tokens)
         else:
+            embedded_prefix = 0 if m.no_embed_class else self.num_prefix_tokens
             pos = resample_pos_embed(
-                m.pos_embed, grid, m.patch_embed.grid_size, self.num_prefix_tokens, "dino"
+                m.pos_embed, grid, m.patch_embed.grid_size, embedded_prefix, self.config.pos_interp
             )
             tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
-            if m.cls_token is not None:
-                tokens = torch.cat([m.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
-            tokens = m.pos_drop(tokens + pos)
-        return m.norm_pre(m.patch_drop(tokens)), grid
+            prefix = self._prefix(tokens.shape[0])
+            if m.no_embed_class:
+                tokens = torch.cat([*prefix, tokens + pos], dim=1)
+            else:
+                tokens = torch.cat([*prefix, tokens], dim=1) + pos
+            tokens = m.pos_drop(tokens)
+        return m.norm_pre(m.patch_drop(tokens)), grid, None
 
     def _split(self, x: Tensor, grid: tuple[int, int]) -> tuple[Tensor | None, Tensor]:
         x = self.model.norm(x)
@@ -232,29 +172,20 @@ class ViTBackbone(nn.Module):
                 "cls_token=False (SelfPatch/FLSL layout), so there is no CLS attention map"
             )
 
-    def _cls_attention(self, x: Tensor) -> Tensor:
-        """CLS-query softmax attention of the last block on its input ``x`` → ``[B, heads, N]``.
+    def _blocks(self, x: Tensor, blocks: Sequence[nn.Module], rope: Tensor | None) -> Tensor:
+        saving = self.model.grad_checkpointing and torch.is_grad_enabled()
+        if not self.uses_rope:
+            if saving:
+                from timm.models import checkpoint_seq
 
-        Only the CLS query is projected (keys for all tokens), in float32 for the softmax.
-        """
-        attn = self.model.blocks[-1].attn
-        y = self.model.blocks[-1].norm1(x)
-        batch, num_tokens, _ = y.shape
-        dim = attn.num_heads * attn.head_dim
-        w, b = attn.qkv.weight, attn.qkv.bias
-        q = F.linear(y[:, :1], w[:dim], None if b is None else b[:dim])
-        k = F.linear(y, w[dim : 2 * dim], None if b is None else b[dim : 2 * dim])
-        q = attn.q_norm(q.reshape(batch, 1, attn.num_heads, attn.head_dim).transpose(1, 2))
-        k = attn.k_norm(k.reshape(batch, num_tokens, attn.num_heads, attn.head_dim).transpose(1, 2))
-        logits = (q.float() * attn.scale) @ k.float().transpose(-2, -1)  # [B, heads, 1, N]
-        return logits.softmax(dim=-1)[:, :, 0, self.num_prefix_tokens :]
-
-    def _blocks(self, x: Tensor, blocks: nn.Module) -> Tensor:
-        if self.model.grad_checkpointing and torch.is_grad_enabled():
-            from timm.models import checkpoint_seq
-
-            return checkpoint_seq(blocks, x)
-        return blocks(x)
+                return checkpoint_seq(blocks, x)
+            return blocks(x)  # type: ignore[operator]
+        for block in blocks:
+            if saving:
+                x = checkpoint(block, x, rope=rope, use_reentrant=False)
+            else:
+                x = block(x, rope=rope)
+        return x
 
     # ------------------------------------------------------------------ public outputs
     def tokens(self, x: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -266,22 +197,53 @@ class ViTBackbone(nn.Module):
 
         Returns:
             ``(cls [B, D] or None, patches [B, H/p, W/p, D])``, after the final LayerNorm when
-            ``final_norm`` (else pre-norm); patches in row-major order.
+            ``final_norm`` (else pre-norm); patches in row-major order, registers left out.
         """
-        x, grid = self._embed(x)
-        return self._split(self._blocks(x, self.model.blocks), grid)
+        x, grid, rope = self._embed(x)
+        return self._split(self._blocks(x, self.model.blocks, rope), grid)
+
+    def block_tokens(
+        self, x: Tensor, blocks: Sequence[int], norm: bool = True
+    ) -> list[tuple[Tensor | None, Tensor]]:
+        """``(cls, patches)`` after each block in ``blocks`` (0-based; -1 is the last).
+
+        Args:
+            x: ``[B, C, H, W]`` images.
+            blocks: block indices, any order; negative indices count from the end.
+            norm: apply the final LayerNorm to each output (DINOv2's probes do).
+
+        Returns:
+            One ``(cls [B, D] or None, patches [B, h, w, D])`` per entry of ``blocks``, in
+            that order; the last block with ``norm`` equals :meth:`tokens`.
+        """
+        depth = len(self.model.blocks)
+        wanted = [b + depth if b < 0 else b for b in blocks]
+        if not wanted or any(not 0 <= b < depth for b in wanted):
+            raise ValueError(f"blocks must be indices in [-{depth}, {depth}), got {list(blocks)}")
+        x, grid, rope = self._embed(x)
+        found: dict[int, tuple[Tensor | None, Tensor]] = {}
+        for index, block in enumerate(self.model.blocks[: max(wanted) + 1]):
+            x = self._blocks(x, [block], rope) if self.uses_rope else block(x)
+            if index in wanted:
+                y = self.model.norm(x) if norm else x
+                cls = y[:, 0] if self.has_cls_token else None
+                patches = y[:, self.num_prefix_tokens :].reshape(y.shape[0], *grid, y.shape[-1])
+                found[index] = (cls, patches)
+        return [found[b] for b in wanted]
 
     def encode(self, x: Tensor, keep: Tensor | None = None, pos_embed: bool = True) -> Tensor:
         """Final tokens of a subset of patches, dropped right after patch + position embedding.
 
-        Backbones without a CLS token only (LOCA's query and reference encoders).
+        Backbones without a CLS token only (LOCA's query and reference encoders). Registers,
+        if any, are prepended to the kept patches and left out of the output.
 
         Args:
             x: ``[B, C, H, W]`` images.
             keep: row-major indices of the patches to encode, ``[n]`` (the same for every
                 image) or ``[B, n]``; None keeps all ``h*w``.
-            pos_embed: add the (resampled) position embedding; False encodes the patches
-                without any position information (LOCA's queries without PE).
+            pos_embed: add the (resampled) position embedding, or the rotary angles of the
+                kept positions; False encodes the patches without any position information
+                (LOCA's queries without PE).
 
         Returns:
             ``[B, n, D]`` tokens in the order of ``keep``, after the final LayerNorm when
@@ -290,14 +252,13 @@ class ViTBackbone(nn.Module):
         """
         if self.has_cls_token:
             raise ValueError("encode() is for backbones without a CLS token (cls_token=False)")
-        if x.ndim != 4:
-            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(x.shape)}")
-        grid = self.grid_size(x.shape[-2], x.shape[-1])
+        tokens, grid = self._patches(x)
         m = self.model
-        weight = m.patch_embed.proj.weight
-        tokens = m.patch_embed(x.to(device=weight.device, dtype=weight.dtype))
         tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])  # [B, h*w, D]
-        if pos_embed:
+        rope = None
+        if pos_embed and self.uses_rope:
+            rope = m.rope.get_embed(shape=list(grid))  # [h*w, 2 * head_dim]
+        elif pos_embed:
             tokens = tokens + resample_pos_embed(
                 m.pos_embed, grid, m.patch_embed.grid_size, 0, self.config.pos_interp
             )
@@ -306,25 +267,31 @@ class ViTBackbone(nn.Module):
             keep = keep.to(tokens.device)
             if keep.dim() == 1:
                 tokens = tokens[:, keep]
+                rope = None if rope is None else rope[keep]
             else:
                 index = keep.unsqueeze(-1).expand(-1, -1, tokens.shape[-1])
                 tokens = torch.gather(tokens, 1, index)
-        tokens = m.norm_pre(m.patch_drop(tokens))
-        return m.norm(self._blocks(tokens, m.blocks))
+                rope = None if rope is None else rope[keep].unsqueeze(1)  # [B, 1, n, 2d]
+        tokens = torch.cat([*self._prefix(tokens.shape[0]), tokens], dim=1)
+        if not self.uses_rope:
+            tokens = m.patch_drop(tokens)
+        out = m.norm(self._blocks(m.norm_pre(tokens), m.blocks, rope))
+        return out[:, self.num_registers :]
 
     def last_attention(self, x: Tensor) -> Tensor:
         """Last block's CLS→patch softmax attention, ``[B, heads, (H/p)*(W/p)]`` (float32).
 
-        Rows exclude the CLS→CLS entry, so each head's row sums to ``1 - attn(CLS→CLS)``.
-        Only the CLS query row is computed; the last block's output is not.
+        Rows exclude the CLS→CLS and CLS→register entries, so each head's row sums to
+        ``1 -`` the attention the CLS token pays to the prefix tokens. Only the CLS query row
+        is computed; the last block's output is not.
 
         Raises:
             ValueError: the backbone has no CLS token.
         """
         self._require_cls_token()
-        x, _ = self._embed(x)
-        x = self._blocks(x, self.model.blocks[:-1])
-        return self._cls_attention(x)
+        x, _, rope = self._embed(x)
+        x = self._blocks(x, self.model.blocks[:-1], rope)
+        return cls_attention(self.model.blocks[-1], x, rope, self.num_prefix_tokens)
 
     def tokens_and_attention(self, x: Tensor) -> tuple[Tensor | None, Tensor, Tensor]:
         """:meth:`tokens` and :meth:`last_attention` from a single forward pass.
@@ -333,10 +300,10 @@ class ViTBackbone(nn.Module):
             ``(cls [B, D], patches [B, h, w, D], attn [B, heads, h*w])``.
         """
         self._require_cls_token()
-        x, grid = self._embed(x)
-        x = self._blocks(x, self.model.blocks[:-1])
-        attn = self._cls_attention(x)
-        x = self.model.blocks[-1](x)
+        x, grid, rope = self._embed(x)
+        x = self._blocks(x, self.model.blocks[:-1], rope)
+        attn = cls_attention(self.model.blocks[-1], x, rope, self.num_prefix_tokens)
+        x = self._blocks(x, self.model.blocks[-1:], rope)
         cls, patches = self._split(x, grid)
         return cls, patches, attn
 
@@ -345,41 +312,6 @@ class ViTBackbone(nn.Module):
         return self.tokens(x)
 
 
-def timm_spec_for(config: BackboneConfig) -> dict[str, Any]:
-    """timm architecture name and ``create_model`` kwargs for ``config`` (see ``timm_spec``)."""
-    name = f"{config.arch}_patch{config.patch_size}_224"
-    kwargs: dict[str, Any] = {"num_classes": 0, "global_pool": "", "dynamic_img_size": True}
-    if not timm.is_model(name):
-        name = f"{config.arch}_patch16_224"
-        kwargs["patch_size"] = config.patch_size
-    if config.img_size != 224:
-        kwargs["img_size"] = config.img_size
-    default_dim, default_depth, default_heads = ARCHS[config.arch]
-    for key, value, default in (
-        ("embed_dim", config.embed_dim, default_dim),
-        ("depth", config.depth, default_depth),
-        ("num_heads", config.num_heads, default_heads),
-    ):
-        if value is not None and value != default:
-            kwargs[key] = value
-    if not config.cls_token:
-        kwargs["class_token"] = False
-    if not config.final_norm:
-        kwargs["final_norm"] = False
-    if config.act_layer != "gelu":
-        kwargs["act_layer"] = config.act_layer
-    return {"architecture": name, "kwargs": kwargs, "pos_interp": config.pos_interp}
-
-
 def build_backbone(config: BackboneConfig) -> ViTBackbone:
     """A randomly initialised (timm init) :class:`ViTBackbone` for ``config``."""
     return ViTBackbone(config)
-
-
-def describe_config(config: BackboneConfig) -> str:
-    """``vit_small/16 (384-d, 12 blocks, 6 heads, cls)`` style summary."""
-    cls = "cls" if config.cls_token else "no cls"
-    return (
-        f"{config.arch}/{config.patch_size} ({config.resolved_embed_dim}-d, "
-        f"{config.resolved_depth} blocks, {config.resolved_num_heads} heads, {cls})"
-    )

@@ -1,8 +1,14 @@
 """Warm start: load backbone weights into a method's student and teacher (``--init``).
 
-Accepts a densessl run directory or checkpoint (its EMA-teacher backbone is used) or an
-official DINO checkpoint (backbone-only or full training checkpoint). Heads, prototypes and
-optimiser state start fresh; for an exact continuation of a run use the same ``--out``.
+Accepts a densessl run directory or checkpoint (its EMA-teacher backbone is used), an
+official DINO, DINOv2 or DINOv3 checkpoint (backbone-only or full training checkpoint) or a
+timm-layout file of any family. Heads, prototypes and optimiser state start fresh; for an
+exact continuation of a run use the same ``--out``.
+
+Methods whose backbone has no CLS token (SelfPatch, FLSL, LOCA) start from a file with one by
+dropping it: the ``cls_token`` and, where the position table has a CLS slot, that slot. A
+backbone built without the final LayerNorm (SelfPatch keeps it in its head) ignores the file's
+``norm.*``. Registers are kept (the configured backbone must have as many).
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ import torch
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
 from densessl.io.paths import user_path
 from densessl.methods.base import Method
-from densessl.models.dino_compat import dino_state_dict_to_timm
-from densessl.models.loading import load_timm_weights
+from densessl.models.loading import load_timm_weights, official_to_timm
 from densessl.models.run_arch import run_backbone_config
+from densessl.models.vit import ViTBackbone
 
 
 def resolve_weights_file(source: str | Path) -> Path:
@@ -42,7 +48,7 @@ def backbone_weights(source: str | Path) -> dict[str, torch.Tensor]:
             run_backbone_config(user_path(source), state, path)
         return training_backbone_weights(state, "teacher")
     try:
-        return dino_state_dict_to_timm(state)
+        return official_to_timm(state)
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: {err}") from err
 
@@ -56,4 +62,18 @@ def warm_start(method: Method, source: str | Path) -> None:
     """
     weights = backbone_weights(source)
     for backbone in (method.student_backbone(), method.teacher_backbone()):
-        load_timm_weights(backbone, weights, str(source))
+        load_timm_weights(backbone, fitted_prefix(weights, backbone), str(source))
+
+
+def fitted_prefix(weights: dict[str, torch.Tensor], backbone: ViTBackbone) -> dict:
+    """``weights`` for a ``backbone`` without CLS token or final norm: the CLS token with its
+    position slot, and the final norm, dropped where the backbone has none."""
+    if not backbone.config.final_norm and "norm.weight" in weights:
+        weights = {k: v for k, v in weights.items() if not k.startswith("norm.")}
+    if backbone.has_cls_token or "cls_token" not in weights:
+        return weights
+    weights = {k: v for k, v in weights.items() if k != "cls_token"}
+    pos = weights.get("pos_embed")
+    if pos is not None and "reg_token" not in weights:  # the table has the CLS slot first
+        weights["pos_embed"] = pos[:, 1:]
+    return weights

@@ -45,6 +45,7 @@ from densessl.methods.dino.method import DINOParams, dino_head, teacher_temperat
 from densessl.methods.flsl.loss import FLSLLoss, nonparametric_attention
 from densessl.methods.flsl.sampling import num_window_samples, window_sample_indices
 from densessl.methods.student_teacher import StudentTeacher, make_teacher
+from densessl.models.config import FAMILIES
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone
 from densessl.ops.schedules import cosine
 
@@ -197,6 +198,12 @@ class FLSL(Method):
                 "flsl needs a backbone without CLS token and with its final LayerNorm (the "
                 "mean-shift runs on post-norm tokens): set backbone.cls_token=false "
                 "backbone.final_norm=true"
+            )
+        if params.sincos_pos_embed and FAMILIES[backbone.family].rope:
+            raise ValueError(
+                f"flsl.sincos_pos_embed=true replaces a learned position table, but "
+                f"backbone.family={backbone.family} has rotary positions (already fixed, none "
+                "to replace): set flsl.sincos_pos_embed=false"
             )
         if views.num_views < 2:
             raise ValueError("flsl needs the teacher view plus at least one student view")

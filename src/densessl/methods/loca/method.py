@@ -195,8 +195,10 @@ class LOCA(Method):
         self._check_config(backbone, views)
         student_backbone = build_backbone(backbone)
         dim = student_backbone.embed_dim
-        with torch.no_grad():  # the official init N(0, 1/D) (timm: truncated, std 0.02)
-            student_backbone.model.pos_embed.normal_(0.0, dim**-0.5)
+        pos_embed = getattr(student_backbone.model, "pos_embed", None)
+        if pos_embed is not None:  # rotary families (dinov3) have no table
+            with torch.no_grad():  # the official init N(0, 1/D) (timm: truncated, std 0.02)
+                pos_embed.normal_(0.0, dim**-0.5)
         side = views.global_size // backbone.patch_size
         self.reference_grid = (side, side)
         self.num_positions = side * side

@@ -1,0 +1,1 @@
+"""Converters from the official checkpoint layouts of each backbone family to timm keys."""

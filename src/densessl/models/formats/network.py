@@ -1,0 +1,61 @@
+"""Pick one network's backbone weights out of an official checkpoint, whatever its wrapping.
+
+Official releases come as a bare backbone state dict; training checkpoints hold a teacher and a
+student, either as sub-dicts (``{"teacher": {...}}``, DINO, DINOv2's ``teacher_checkpoint.pth``)
+or flat with prefixes (``{"model": {"teacher.backbone.blocks.0...": ...}}``, DINOv2/DINOv3
+``model_*.pth``), under DDP's ``module.`` and FSDP's block chunks (``blocks.<chunk>.<i>.``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from torch import Tensor
+
+from densessl.models.dino_compat import describe, select_state_dict
+
+__all__ = ["backbone_tensors"]
+
+_STRIP = ("module.", "backbone.", "_orig_mod.")
+_CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.")
+_HEADS = ("head.", "dino_head.", "ibot_head.", "fc_norm.")
+
+
+def _strip(key: str) -> str:
+    changed = True
+    while changed:
+        changed = False
+        for prefix in _STRIP:
+            if key.startswith(prefix):
+                key, changed = key[len(prefix) :], True
+    return key
+
+
+def backbone_tensors(obj: Any, which: str, marker: str) -> dict[str, Tensor]:
+    """The chosen network's backbone tensors with official (un-prefixed) key names.
+
+    Args:
+        obj: what ``torch.load`` returned.
+        which: ``"teacher"`` or ``"student"`` for training checkpoints.
+        marker: a key every backbone of the format has (e.g. ``"patch_embed.proj.weight"``).
+
+    Raises:
+        ValueError: no backbone found (the message describes what the file holds).
+    """
+    state: Mapping[str, Any] = select_state_dict(obj, which)
+    flat = f"{which}."
+    if not any(_strip(str(k)) == marker for k in state) and any(
+        str(k).startswith(flat) for k in state
+    ):  # {"teacher.backbone.blocks.0...": ...}
+        state = {str(k)[len(flat) :]: v for k, v in state.items() if str(k).startswith(flat)}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        name = _strip(str(key))
+        if name.startswith(_HEADS) or not isinstance(value, Tensor):
+            continue
+        out[_CHUNKED.sub(r"blocks.\1.", name)] = value
+    if marker not in out:
+        raise ValueError(f"no backbone with {marker!r} found; the file holds {describe(state)}")
+    return out
