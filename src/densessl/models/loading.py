@@ -1,7 +1,8 @@
 """Build a :class:`~densessl.models.vit.ViTBackbone` from weights on disk.
 
 * :func:`load_backbone`: a file: an official DINO checkpoint (any of its layouts, see
-  :mod:`densessl.models.dino_compat`) or a densessl training checkpoint (teacher or student);
+  :mod:`densessl.models.dino_compat`), a released SelfPatch, Leopart, LOCA (Flax) or FLSL
+  checkpoint (:mod:`densessl.models.formats`) or a densessl training checkpoint;
 * :func:`backbone_from_state`: the same on an already loaded checkpoint object;
 * :func:`load_timm_weights`: strict load of timm-layout weights into a built backbone,
   resampling the position embedding to its grid.
@@ -19,13 +20,10 @@ from typing import Any
 
 from torch import Tensor
 
-from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
+from densessl.io.checkpoint import FORMAT, CheckpointError, training_backbone_weights
 from densessl.models.arch_checks import check_config_fits
-from densessl.models.dino_compat import (
-    dino_state_dict_to_timm,
-    infer_vit_fields,
-    resample_pos_embed,
-)
+from densessl.models.dino_compat import infer_vit_fields, resample_pos_embed
+from densessl.models.formats.detect import convert, read_checkpoint
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone, describe_config
 
 __all__ = ["backbone_from_state", "load_backbone", "load_timm_weights"]
@@ -46,8 +44,9 @@ def load_backbone(
     *,
     which: str = "teacher",
     pos_interp: str | None = None,
+    fmt: str | None = None,
 ) -> ViTBackbone:
-    """Load a backbone from an official DINO checkpoint (or a densessl training checkpoint).
+    """Load a backbone from an official DINO or released checkpoint, or a densessl one.
 
     Args:
         path: a ``.pth`` file: a DINO backbone release (``dino_deitsmall16_pretrain.pth``),
@@ -61,7 +60,9 @@ def load_backbone(
             checkpoint's own saved backbone config is used instead when present.
         which: ``"teacher"`` (default) or ``"student"`` network of a training checkpoint.
         pos_interp: position-embedding resampling; ``None`` means the config's value, or
-            ``"dino"`` when the config is inferred (official features at every input size).
+            the format's (``"dino"``; LOCA ``"bilinear"``) when the config is inferred.
+        fmt: the file's format (:data:`densessl.models.formats.choice.FORMAT_NAMES`);
+            ``None``: ``--format``, else detected from the file.
 
     Returns:
         The backbone in eval mode on the CPU.
@@ -71,8 +72,8 @@ def load_backbone(
             ``config``; the message names the file, what was found and what was expected.
     """
     path = Path(path)
-    state = load_file(path)  # weights_only=True, CheckpointError naming the file
-    return backbone_from_state(state, path, config, which=which, pos_interp=pos_interp)
+    state = read_checkpoint(path, fmt)  # weights_only / Flax msgpack; errors name the file
+    return backbone_from_state(state, path, config, which=which, pos_interp=pos_interp, fmt=fmt)
 
 
 def backbone_from_state(
@@ -82,20 +83,23 @@ def backbone_from_state(
     *,
     which: str = "teacher",
     pos_interp: str | None = None,
+    fmt: str | None = None,
 ) -> ViTBackbone:
     """:func:`load_backbone` on an already loaded checkpoint object (``source`` names it)."""
     saved: dict[str, Any] = {}
-    try:
-        if isinstance(state, dict) and state.get("format") == FORMAT:
+    fixed: dict[str, Any] = {}  # what a released format fixes (no CLS token, GELU, ...)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        try:
             weights = training_backbone_weights(state, which)
-            saved = _saved_backbone_fields(state)
-        else:
-            weights = dino_state_dict_to_timm(state, which=which)
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{source}: {err}") from err
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{source}: {err}") from err
+        saved = _saved_backbone_fields(state)
+    else:
+        converted = convert(state, source, which=which, fmt=fmt)  # CheckpointError
+        weights, fixed = converted.weights, converted.fields
     if config is None:
         try:
-            fields = saved or {**infer_vit_fields(weights), "pos_interp": "dino"}
+            fields = saved or {**infer_vit_fields(weights), "pos_interp": "dino", **fixed}
             if "num_heads" not in fields:
                 raise ValueError(
                     f"cannot infer num_heads for embed_dim {fields['embed_dim']} (DINO widths "
@@ -104,6 +108,9 @@ def backbone_from_state(
             config = BackboneConfig(**fields)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: {err}") from err
+    structure = {k: fixed[k] for k in ("cls_token", "final_norm", "act_layer") if k in fixed}
+    if structure:  # a given architecture (``--arch``) takes the format's structure
+        config = dataclasses.replace(config, **structure)
     if pos_interp is not None:
         config = dataclasses.replace(config, pos_interp=pos_interp)
     check_config_fits(config, weights, str(source))  # a lying config: refused before building

@@ -211,7 +211,11 @@ class ViTBackbone(nn.Module):
             tokens = m._pos_embed(tokens)
         else:
             pos = resample_pos_embed(
-                m.pos_embed, grid, m.patch_embed.grid_size, self.num_prefix_tokens, "dino"
+                m.pos_embed,
+                grid,
+                m.patch_embed.grid_size,
+                self.num_prefix_tokens,
+                self.config.pos_interp,
             )
             tokens = tokens.reshape(tokens.shape[0], -1, tokens.shape[-1])
             if m.cls_token is not None:

@@ -1,0 +1,15 @@
+"""Released checkpoints of published dense-SSL methods → timm ViT weights.
+
+One module per format, each with ``looks_like(obj)`` (detection on a loaded file) and
+``to_timm(obj, which)`` → :class:`~densessl.models.formats.common.Converted` (timm-layout
+weights plus the ``BackboneConfig`` fields the format fixes):
+
+* :mod:`.selfpatch` (alinlab/SelfPatch, CLS-free ViT-S/16, class-attention head dropped),
+* :mod:`.leopart` (MkuuWaUjinga/leopart, Lightning ``.ckpt``, ``model.``/``teacher.``),
+* :mod:`.loca_flax` (google-research/scenic ``projects/loca``, Flax msgpack, read without JAX),
+* :mod:`.flsl` (QingSuML/FLSL, DINO-style dicts of a CLS-free ViT).
+
+:mod:`.detect` reads a file (torch or Flax), detects its format (or takes ``--format NAME``,
+:mod:`.choice`) and converts it; official DINO files and densessl checkpoints keep their own
+paths (:mod:`densessl.models.dino_compat`, :mod:`densessl.io.checkpoint`).
+"""
