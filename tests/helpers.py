@@ -350,7 +350,14 @@ def write_leopart(
         "pytorch_lightning.callbacks.model_checkpoint": "ModelCheckpoint",
         "pytorch_lightning.utilities.parsing": "AttributeDict",
     }
-    made = {}
+    made = {
+        name: types.ModuleType(name)
+        for name in (
+            "pytorch_lightning",
+            "pytorch_lightning.callbacks",
+            "pytorch_lightning.utilities",
+        )
+    }
     for module_name, cls_name in names.items():
         module = types.ModuleType(module_name)
         base = dict if cls_name == "AttributeDict" else object
@@ -420,7 +427,7 @@ def msgpack_bytes(value: object) -> bytes:
         if isinstance(v, torch.Tensor):
             array = v.detach().contiguous()
             name = str(array.dtype).removeprefix("torch.")
-            data = array.view(torch.uint8).numpy().tobytes() if array.numel() else b""
+            data = array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b""
             payload = enc([list(array.shape), name, data])
             return b"\xc9" + struct.pack(">I", len(payload)) + b"\x01" + payload
         if isinstance(v, list | tuple):

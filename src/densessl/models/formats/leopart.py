@@ -13,8 +13,9 @@ The teacher is used by default (``which="teacher"``); ``which="student"`` takes 
 
 Lightning pickles a few of its own classes into a checkpoint (PL 1.4: callback classes as the
 keys of ``callbacks``; ``AttributeDict`` hyper-parameters). :func:`lightning_globals` allows
-*only those names* for a ``weights_only`` load, bound to inert stand-ins defined here (no
-Lightning import, nothing pickled runs).
+*only those names* for a ``weights_only`` load, bound to inert stand-ins (callback classes:
+:class:`LightningCallbackKey`; ``AttributeDict``: ``dict``), so no Lightning import happens
+and nothing pickled runs.
 """
 
 from __future__ import annotations
@@ -40,10 +41,6 @@ class LightningCallbackKey:
     """Inert stand-in for a Lightning callback class used as a dict key in ``callbacks``."""
 
 
-class AttributeDict(dict):  # type: ignore[type-arg]
-    """Inert stand-in for Lightning's ``AttributeDict`` (a plain dict of hyper-parameters)."""
-
-
 #: The Lightning globals a Leopart ``.ckpt`` may reference (PL 1.4.9 and later names).
 LIGHTNING_NAMES: dict[str, type] = {
     f"{root}.callbacks.{module}.{cls}": LightningCallbackKey
@@ -57,7 +54,7 @@ LIGHTNING_NAMES: dict[str, type] = {
 }
 LIGHTNING_NAMES.update(
     {
-        f"{root}.utilities.parsing.AttributeDict": AttributeDict
+        f"{root}.utilities.parsing.AttributeDict": dict  # read as the plain dict it is
         for root in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric")
     }
 )
