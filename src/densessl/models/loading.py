@@ -109,6 +109,8 @@ def backbone_from_state(
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: {err}") from err
     structure = {k: fixed[k] for k in ("cls_token", "final_norm", "act_layer") if k in fixed}
+    if config.pos_interp == "dino" and "pos_interp" in fixed:  # the import default: official
+        structure["pos_interp"] = fixed["pos_interp"]
     if structure:  # a given architecture (``--arch``) takes the format's structure
         config = dataclasses.replace(config, **structure)
     if pos_interp is not None:

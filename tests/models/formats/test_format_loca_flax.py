@@ -128,3 +128,22 @@ def test_msgpack_reader_types():
     assert unpack(msgpack_bytes(value), lambda code, data: None) == value
     with pytest.raises(ValueError, match="after the msgpack value"):
         unpack(msgpack_bytes(1) + b"\x01", lambda code, data: None)
+
+
+def test_given_architecture_takes_the_format_structure(tmp_path):
+    from densessl.evaluation.features import build_extractor
+    from densessl.models.vit import BackboneConfig
+
+    path = tmp_path / "loca_vsmall_imnet1k"
+    write_loca(path, "zoo")
+    # what --arch builds (DINO's resampling, the import default), here at the test's size
+    given = BackboneConfig(
+        arch="vit_tiny", img_size=32, depth=1, embed_dim=32, num_heads=2, pos_interp="dino"
+    )
+    config = load_backbone(path, given).config
+    assert (config.cls_token, config.act_layer, config.pos_interp) == (
+        False,
+        "gelu_tanh",
+        "bilinear",
+    )
+    assert build_extractor(path).source["kind"] == "loca"
