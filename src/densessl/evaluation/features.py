@@ -10,8 +10,8 @@ Batching, resizing to the protocol's resolution and progress bars belong to the 
 :func:`build_extractor` picks the loader from a string (the CLI's ``--backbone``):
 ``RUN_DIR`` (:func:`from_run`: ``checkpoints/last.pt`` EMA teacher or student, built with
 the architecture embedded in it; a disagreeing ``config.yaml`` is refused), ``FILE.pt|.pth``
-(:func:`from_checkpoint`: densessl, official DINO or a released SelfPatch / Leopart / LOCA /
-FLSL checkpoint, :mod:`densessl.models.formats`), a folder or ``.safetensors`` with
+(:func:`from_checkpoint`: densessl, DINO or a release, :mod:`densessl.models.formats`), a
+folder or ``.safetensors`` with
 ``meta.json`` (:func:`from_export`), ``timm:NAME`` with a local weights file
 (:func:`from_timm`; nothing is downloaded), ``random:ARCH`` or ``random:RUN_DIR``
 (:func:`random_init`, seeded baselines).
@@ -49,10 +49,9 @@ __all__ = [
 ]
 
 SOURCES_HELP = (
-    "a densessl run directory, a checkpoint file (densessl, DINO, SelfPatch, Leopart, LOCA "
-    "Flax or FLSL), an "
-    "exported backbone (folder or .safetensors with meta.json), timm:NAME (with weights=FILE) "
-    "or random:ARCH / random:RUN_DIR"
+    "a densessl run directory, a checkpoint file (densessl, DINO, SelfPatch, Leopart, LOCA, "
+    "FLSL), an exported backbone (folder or .safetensors with meta.json), timm:NAME (with "
+    "weights=FILE) or random:ARCH / random:RUN_DIR"
 )
 
 
@@ -186,8 +185,7 @@ def from_checkpoint(
     patch_size: int | None = None,
     which: str = "teacher",
 ) -> PatchFeatureExtractor:
-    """A densessl checkpoint file, an official DINO checkpoint or a released one
-    (SelfPatch, Leopart, LOCA Flax, FLSL: :mod:`densessl.models.formats`).
+    """A densessl, official DINO or released (:mod:`densessl.models.formats`) checkpoint.
 
     Args:
         path: the file. A densessl checkpoint carries its architecture; for DINO files it is
@@ -201,7 +199,7 @@ def from_checkpoint(
         CheckpointError: unreadable file, no ViT weights, or weights that do not fit.
     """
     path = user_path(path)
-    state = read_checkpoint(path)  # torch (weights_only) or Flax msgpack, --format honoured
+    state = read_checkpoint(path)  # torch (weights_only) or Flax; --format honoured
     densessl_file = isinstance(state, dict) and state.get("format") == FORMAT
     config = None
     if arch is not None and not densessl_file:

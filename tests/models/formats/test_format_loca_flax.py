@@ -147,3 +147,21 @@ def test_given_architecture_takes_the_format_structure(tmp_path):
         "bilinear",
     )
     assert build_extractor(path).source["kind"] == "loca"
+
+
+@pytest.mark.parametrize(("width", "heads"), [(384, 6), (768, 12), (1024, 16), (1280, 16)])
+def test_zoo_widths_give_the_vit_s_b_l_h_configs(width, heads):
+    """README zoo: ViT-S/B/L/H/16 (scenic's configs: 384/6, 768/12, 1024/16, 1280/16 heads);
+    one block each here, the depth is counted from ``encoderblock_{i}``."""
+    from densessl.models.vit import BackboneConfig, timm_spec_for
+
+    converted = loca_flax.to_timm({"teacher_weights": loca_tree(d=width, heads=heads, depth=1)})
+    config = BackboneConfig(**converted.fields)
+    assert (config.resolved_embed_dim, config.resolved_num_heads, config.patch_size) == (
+        width,
+        heads,
+        16,
+    )
+    kwargs = timm_spec_for(config)["kwargs"]
+    assert kwargs["class_token"] is False and kwargs["act_layer"] == "gelu_tanh"
+    assert converted.weights["blocks.0.mlp.fc1.weight"].shape == (4 * width, width)

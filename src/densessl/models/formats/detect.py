@@ -97,8 +97,8 @@ def convert(
     Raises:
         CheckpointError: the file is not (or only partly) the format; names what is missing.
     """
-    fmt = resolve_format(fmt) or detect_format(obj)
     looks = detect_format(obj)
+    fmt = resolve_format(fmt) or looks
     if fmt == "densessl":
         raise CheckpointError(
             f"{source}: --format densessl, but this is not a densessl training checkpoint "
