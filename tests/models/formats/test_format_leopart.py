@@ -106,3 +106,20 @@ def test_other_pickled_classes_are_refused(tmp_path, capsys):
     with pytest.raises(CheckpointError, match="not a loadable PyTorch checkpoint"):
         load_backbone(path)
     assert "pickled code ran" not in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("width", "patch", "arch"), [(384, 16, "vit_small"), (768, 8, "vit_base")])
+def test_released_architectures_are_inferred(tmp_path, width, patch, arch):
+    """README: ViT-S/16 (``leopart_vits16.ckpt``) and ViT-B/8 (``leopart_vitb8.ckpt``); one
+    block here, the depth is read off the weights."""
+    path = tmp_path / f"leopart_{arch}.ckpt"
+    write_leopart(path, d=width, depth=1, p=patch, img=32)
+    backbone = load_backbone(path)
+    config = backbone.config
+    assert (config.arch, config.patch_size, config.resolved_depth) == (arch, patch, 1)
+    assert backbone.tokens(torch.zeros(1, 3, 32, 48))[1].shape == (
+        1,
+        32 // patch,
+        48 // patch,
+        width,
+    )
