@@ -165,3 +165,13 @@ def test_zoo_widths_give_the_vit_s_b_l_h_configs(width, heads):
     kwargs = timm_spec_for(config)["kwargs"]
     assert kwargs["class_token"] is False and kwargs["act_layer"] == "gelu_tanh"
     assert converted.weights["blocks.0.mlp.fc1.weight"].shape == (4 * width, width)
+
+
+def test_other_module_names_are_listed(tmp_path):
+    """A zoo file from a code variant with other names: the message shows what is there."""
+    tree = loca_tree()
+    tree["Transformer"] = {"layer_0": tree.pop("encoderblock_0")}
+    path = tmp_path / "variant"
+    path.write_bytes(msgpack_bytes({"teacher_weights": tree}))
+    with pytest.raises(CheckpointError, match=r"no 'encoderblock_0'.*Transformer/layer_0"):
+        load_backbone(path)

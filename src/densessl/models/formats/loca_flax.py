@@ -57,6 +57,7 @@ DTYPES = {
 }
 TEACHER_KEYS = ("teacher_weights", "ema_params", "teacher")
 STUDENT_KEYS = ("student_weights", "params", "student")
+TOP_KEYS = ("teacher_weights", "ema_params")
 
 
 def is_flax_file(path: Path) -> bool:
@@ -128,14 +129,28 @@ def _find(tree: Any, key: str, depth: int = 0) -> Mapping[str, Any] | None:
 
 
 def looks_like(obj: Any) -> bool:
-    """A Flax tree with LOCA's ``encoderblock_0``."""
+    """A Flax tree with LOCA's ``encoderblock_0``, or LOCA's top-level entries
+    (``teacher_weights``: the zoo files; ``ema_params``: scenic's TrainState)."""
+    if isinstance(obj, Mapping) and any(isinstance(obj.get(k), Mapping) for k in TOP_KEYS):
+        return True
     return _find(obj, "encoderblock_0") is not None
+
+
+def _modules(tree: Any, depth: int = 2) -> list[str]:
+    """Module paths of ``tree`` down to ``depth`` levels, for messages."""
+    if not isinstance(tree, Mapping) or depth == 0:
+        return []
+    out = []
+    for key, value in tree.items():
+        inner = _modules(value, depth - 1)
+        out.extend([f"{key}/{m}" for m in inner] if inner else [str(key)])
+    return out
 
 
 def _network(tree: Mapping[str, Any], which: str) -> Mapping[str, Any]:
     keys = TEACHER_KEYS if which == "teacher" else STUDENT_KEYS
     for key in keys:
-        if isinstance(tree.get(key), Mapping) and looks_like(tree[key]):
+        if isinstance(tree.get(key), Mapping):
             return tree[key]
     if any(isinstance(tree.get(k), Mapping) for k in (*TEACHER_KEYS, *STUDENT_KEYS)):
         present = [k for k in (*TEACHER_KEYS, *STUDENT_KEYS) if isinstance(tree.get(k), Mapping)]
@@ -200,7 +215,13 @@ def to_timm(obj: Any, which: str = "teacher") -> Converted:
         raise ValueError("not a LOCA Flax checkpoint: no 'encoderblock_0' module in the tree")
     net = _network(obj, which)
     encoder = _find(net, "encoderblock_0")
-    assert encoder is not None
+    if encoder is None:  # e.g. a variant with other module names
+        shown = _modules(net)
+        raise ValueError(
+            "looks like a LOCA Flax checkpoint but its encoder has no 'encoderblock_0' "
+            f"(scenic's ViT4LOCA names); found modules {shown[:12]}"
+            + (f" (+{len(shown) - 12} more)" if len(shown) > 12 else "")
+        )
     embed = _find(net, "embedding")
     kernel = _leaf(embed.get("embedding") if embed else None, "kernel", "embedding")
     if kernel.ndim != 4 or kernel.shape[0] != kernel.shape[1] or kernel.shape[2] != 3:
