@@ -275,3 +275,261 @@ class RandomFeatures:
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         b, _, h, w = images.shape
         return torch.randn(b, h // 8, w // 8, 16, generator=self.gen)
+
+
+# ---------------------------------------------------------------------- released checkpoints
+def seeded_weights(shapes: dict, seed: int, scale: float = 0.05) -> dict:
+    """Random tensors of ``shapes`` drawn in sorted key order (reproducible anywhere: the
+    parity values pinned in tests/models/formats were computed with the official model code
+    on exactly these tensors)."""
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=g) * scale for k, s in sorted(shapes.items())}
+
+
+def released_backbone_shapes(fmt: str, embed_dim: int, depth: int, patch: int, img: int) -> dict:
+    """Backbone parameter shapes of a released PyTorch checkpoint, as the official code names
+    them: DINO's ViT (Leopart ``src/vit.py``), without CLS slot in ``pos_embed`` (FLSL
+    ``make_vit_noclass``: ``cls_token`` kept) and without ``cls_token`` / ``norm`` (SelfPatch
+    ``selfpatch_vision_transformer.py``)."""
+    shapes = official_layout_shapes(embed_dim, depth, patch, img)
+    if fmt in ("selfpatch", "flsl"):
+        shapes["pos_embed"] = (1, (img // patch) ** 2, embed_dim)
+    if fmt == "selfpatch":
+        shapes = {
+            k: v for k, v in shapes.items() if k not in ("cls_token", "norm.weight", "norm.bias")
+        }
+    return shapes
+
+
+def _dino_style_file(
+    path: Path, fmt: str, heads: dict, d: int, depth: int, p: int, img: int
+) -> dict:
+    """A DINO-style full training checkpoint (``main_selfpatch.py`` / ``main_flsl.py`` save
+    dict: DDP ``module.``-prefixed student, ``backbone.`` of the MultiCropWrapper)."""
+    import argparse
+
+    shapes = released_backbone_shapes(fmt, d, depth, p, img)
+    teacher, student = seeded_weights(shapes, 0), seeded_weights(shapes, 1)
+    torch.save(
+        {
+            "student": {
+                **{f"module.backbone.{k}": v for k, v in student.items()},
+                **{f"module.{k}": v for k, v in heads.items()},
+            },
+            "teacher": {**{f"backbone.{k}": v for k, v in teacher.items()}, **heads},
+            "optimizer": {"state": {}, "param_groups": [{"lr": 0.1, "params": [0]}]},
+            "epoch": 3,
+            "args": argparse.Namespace(arch="vit_small", patch_size=p, out_dim=16),
+            **(
+                {"flsl_loss": {"center": torch.zeros(1, 16)}, "fp16_scaler": None}
+                if fmt == "flsl"
+                else {}
+            ),
+        },
+        path,
+    )
+    return teacher
+
+
+def write_selfpatch(path: Path, d: int = 192, depth: int = 1, p: int = 16, img: int = 32) -> dict:
+    """A SelfPatch training checkpoint (backbone + ``ca_head`` / ``c_head`` / ``p_head``);
+    returns the teacher backbone's weights."""
+    heads = {
+        "ca_head.cls_token": torch.zeros(1, 1, d),
+        "ca_head.cls_blocks.0.attn.q.weight": torch.ones(d, d),
+        "ca_head.norm.weight": torch.ones(d),
+        "c_head.last_layer.weight_g": torch.ones(16, 1),
+        "p_head.mlp.0.weight": torch.ones(8, d),
+    }
+    return _dino_style_file(path, "selfpatch", heads, d, depth, p, img)
+
+
+def write_flsl(path: Path, d: int = 192, depth: int = 1, p: int = 16, img: int = 32) -> dict:
+    """An FLSL training checkpoint (CLS-free ViT + FLSL ``head.``); returns the teacher's."""
+    heads = {"head.mlp.0.weight": torch.ones(8, d), "head.last_layer.weight_g": torch.ones(16, 1)}
+    return _dino_style_file(path, "flsl", heads, d, depth, p, img)
+
+
+def write_leopart(
+    path: Path, d: int = 192, depth: int = 1, p: int = 16, img: int = 32, lightning: bool = True
+) -> dict:
+    """A Leopart checkpoint: PyTorch-Lightning 1.4.9's ``.ckpt`` (``state_dict`` with
+    ``model.`` student and ``teacher.`` networks, ``callbacks`` keyed by the
+    ``ModelCheckpoint`` class, ``AttributeDict`` hyper-parameters) or the bare state dict;
+    returns the teacher backbone's weights."""
+    import sys
+    import types
+
+    shapes = official_layout_shapes(d, depth, p, img)
+    teacher, student = seeded_weights(shapes, 0), seeded_weights(shapes, 1)
+    head = {"projection_head.0.weight": torch.ones(16, d), "prototypes.weight": torch.ones(10, 16)}
+    state = {
+        **{f"model.{k}": v for k, v in {**student, **head}.items()},
+        **{f"teacher.{k}": v for k, v in {**teacher, **head}.items()},
+    }
+    if not lightning:
+        torch.save(state, path)
+        return teacher
+    # Lightning's own classes, as the pickle names them (Lightning is not installed here).
+    names = {
+        "pytorch_lightning.callbacks.model_checkpoint": "ModelCheckpoint",
+        "pytorch_lightning.utilities.parsing": "AttributeDict",
+    }
+    made = {
+        name: types.ModuleType(name)
+        for name in (
+            "pytorch_lightning",
+            "pytorch_lightning.callbacks",
+            "pytorch_lightning.utilities",
+        )
+    }
+    for module_name, cls_name in names.items():
+        module = types.ModuleType(module_name)
+        base = dict if cls_name == "AttributeDict" else object
+        cls = type(cls_name, (base,), {"__module__": module_name})
+        setattr(module, cls_name, cls)
+        made[module_name] = module
+    saved = {k: sys.modules.get(k) for k in made}
+    sys.modules.update(made)
+    try:
+        checkpoint_cls = made["pytorch_lightning.callbacks.model_checkpoint"].ModelCheckpoint
+        hparams = made["pytorch_lightning.utilities.parsing"].AttributeDict(
+            arch="vit-small", patch_size=p
+        )
+        torch.save(
+            {
+                "epoch": 49,
+                "global_step": 1000,
+                "pytorch-lightning_version": "1.4.9",
+                "state_dict": state,
+                "callbacks": {
+                    checkpoint_cls: {"monitor": "miou_val", "best_model_score": torch.tensor(0.5)}
+                },
+                "optimizer_states": [{"state": {}, "param_groups": []}],
+                "lr_schedulers": [],
+                "hparams_name": "kwargs",
+                "hyper_parameters": hparams,
+            },
+            path,
+        )
+    finally:
+        for key, module in saved.items():
+            if module is None:
+                sys.modules.pop(key, None)
+            else:  # pragma: no cover - Lightning installed
+                sys.modules[key] = module
+    return teacher
+
+
+def msgpack_bytes(value: object) -> bytes:
+    """A minimal msgpack encoder with flax's array ext type (``flax/serialization.py``:
+    ext 1 = msgpack ``[shape, dtype name, C-order bytes]``), to write Flax checkpoints
+    without flax: maps, str, int, float, bool, None, lists, tensors."""
+    import struct
+
+    def size_header(n: int, small: int | None, codes: tuple[int, int, int]) -> bytes:
+        if small is not None and n < 16:
+            return bytes([small | n])
+        if n < 0x10000:
+            return bytes([codes[1]]) + struct.pack(">H", n)
+        return bytes([codes[2]]) + struct.pack(">I", n)
+
+    def enc(v: object) -> bytes:
+        if v is None:
+            return b"\xc0"
+        if isinstance(v, bool):
+            return b"\xc3" if v else b"\xc2"
+        if isinstance(v, int):
+            return bytes([v]) if 0 <= v < 128 else b"\xd3" + struct.pack(">q", v)
+        if isinstance(v, float):
+            return b"\xcb" + struct.pack(">d", v)
+        if isinstance(v, str):
+            raw = v.encode()
+            head = bytes([0xA0 | len(raw)]) if len(raw) < 32 else b"\xd9" + bytes([len(raw)])
+            return head + raw
+        if isinstance(v, bytes):
+            return b"\xc6" + struct.pack(">I", len(v)) + v
+        if isinstance(v, torch.Tensor):
+            array = v.detach().contiguous()
+            name = str(array.dtype).removeprefix("torch.")
+            data = array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b""
+            payload = enc([list(array.shape), name, data])
+            return b"\xc9" + struct.pack(">I", len(payload)) + b"\x01" + payload
+        if isinstance(v, list | tuple):
+            return size_header(len(v), 0x90, (0, 0xDC, 0xDD)) + b"".join(enc(x) for x in v)
+        if isinstance(v, dict):
+            body = b"".join(enc(k) + enc(x) for k, x in v.items())
+            return size_header(len(v), 0x80, (0, 0xDE, 0xDF)) + body
+        raise TypeError(type(v))
+
+    return enc(value)
+
+
+def loca_tree(
+    d: int = 32, heads: int = 2, depth: int = 1, p: int = 16, grid: int = 2, seed: int = 0
+) -> dict:
+    """The params of scenic's ``ViT4LOCA`` (``projects/loca/vit.py``: ``ToTokenSequence_0``,
+    ``encoderblock_{i}`` = ``vit.Encoder1DBlock``, ``encoder_norm``, the heads), Flax layouts:
+    Conv ``[p, p, 3, D]``, Dense ``[in, out]``, attention ``[D, H, D/H]`` / ``[H, D/H, D]``."""
+    h = d // heads
+    shapes = {
+        "ToTokenSequence_0/embedding/kernel": (p, p, 3, d),
+        "ToTokenSequence_0/embedding/bias": (d,),
+        "ToTokenSequence_0/posembed_input": (1, grid, grid, d),
+        "encoder_norm/scale": (d,),
+        "encoder_norm/bias": (d,),
+        "final_norm/scale": (d,),
+        "position_predictor/kernel": (d, grid * grid),
+        "projection_head_for_clustering_prediction/prototypes/kernel": (8, 16),
+    }
+    for i in range(depth):
+        b = f"encoderblock_{i}/"
+        for n in ("LayerNorm_0", "LayerNorm_1"):
+            shapes[b + f"{n}/scale"], shapes[b + f"{n}/bias"] = (d,), (d,)
+        for n in ("query", "key", "value"):
+            shapes[b + f"MultiHeadDotProductAttention_0/{n}/kernel"] = (d, heads, h)
+            shapes[b + f"MultiHeadDotProductAttention_0/{n}/bias"] = (heads, h)
+        shapes[b + "MultiHeadDotProductAttention_0/out/kernel"] = (heads, h, d)
+        shapes[b + "MultiHeadDotProductAttention_0/out/bias"] = (d,)
+        shapes[b + "MlpBlock_0/Dense_0/kernel"], shapes[b + "MlpBlock_0/Dense_0/bias"] = (
+            (d, 4 * d),
+            (4 * d,),
+        )
+        shapes[b + "MlpBlock_0/Dense_1/kernel"], shapes[b + "MlpBlock_0/Dense_1/bias"] = (
+            (4 * d, d),
+            (d,),
+        )
+    flat = seeded_weights(shapes, seed, scale=0.1)
+    for key in flat:
+        if key.endswith("/scale"):
+            flat[key] = flat[key] + 1.0
+    tree: dict = {}
+    for key, value in flat.items():
+        node = tree
+        *parents, leaf = key.split("/")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return tree
+
+
+def write_loca(path: Path, layout: str = "zoo", **sizes: int) -> dict:
+    """A LOCA Flax checkpoint: ``"zoo"`` (``{"teacher_weights": ...}``, the model-zoo files,
+    scenic #1106) or ``"trainer"`` (``utils.TrainState``: ``params`` student, ``ema_params``
+    teacher, ``opt_state``, ``global_step``, ...). Returns the teacher's params tree."""
+    teacher, student = loca_tree(seed=0, **sizes), loca_tree(seed=1, **sizes)
+    if layout == "zoo":
+        state = {"teacher_weights": teacher}
+    else:
+        state = {
+            "opt_state": {"0": {"count": torch.tensor(3, dtype=torch.int32)}},
+            "ema_params": teacher,
+            "params": student,
+            "state": None,
+            "ema_state": None,
+            "global_step": 3,
+            "rng": torch.zeros(2, dtype=torch.int32),
+            "metadata": {"chrono": {"accum_train_time": 1.5}},
+        }
+    path.write_bytes(msgpack_bytes(state))
+    return teacher

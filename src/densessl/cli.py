@@ -150,6 +150,17 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _add_format_option(parser: argparse.ArgumentParser) -> None:
+    from densessl.models.formats.choice import FORMAT_NAMES  # no torch import
+
+    parser.add_argument(
+        "--format",
+        choices=FORMAT_NAMES,
+        default=None,
+        help="checkpoint format of the weights file (default: detected from the file)",
+    )
+
+
 def _eval_options(datasets: Sequence[str]) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -166,6 +177,7 @@ def _eval_options(datasets: Sequence[str]) -> argparse.ArgumentParser:
     common.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
     common.add_argument("--patch-size", type=_positive, help="patch size with --arch (default 16)")
     common.add_argument("--which", default="teacher", choices=("teacher", "student"))
+    _add_format_option(common)
     common.add_argument("--weights", help="local weights file for --backbone timm:NAME")
     common.add_argument("--init-seed", type=int, default=0, help="seed of --backbone random:...")
     common.add_argument("--train-split", help="override the protocol's train split")
@@ -258,6 +270,7 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
         default=None,
         help="warm-start backbone weights: a densessl run/checkpoint or an official DINO .pth",
     )
+    _add_format_option(p)
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_cmd_pretrain)
 
@@ -281,6 +294,7 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--no-attention", action="store_true", help="leave out the attention maps")
     p.add_argument("--max-images", type=int, default=16, help="use the first N images (0: all)")
     p.add_argument("--which", default="teacher", choices=("teacher", "student"))
+    _add_format_option(p)
     p.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
     p.add_argument("--patch-size", type=_positive, help="patch size with --arch (default 16)")
     p.add_argument("--weights", help="local weights file for --backbone timm:NAME")
@@ -294,11 +308,14 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
         description=EXPORT_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("run", help="run directory (or a densessl / official DINO checkpoint file)")
+    p.add_argument(
+        "run", help="run directory, or a densessl / DINO / SelfPatch / Leopart / LOCA / FLSL file"
+    )
     p.add_argument(
         "--out", required=True, help="export folder (an earlier export in it is replaced)"
     )
     p.add_argument("--which", default="teacher", choices=("teacher", "student"))
+    _add_format_option(p)
     p.add_argument("--no-verify", action="store_true", help="skip the plain-timm feature check")
     p.set_defaults(func=_cmd_export)
 
@@ -331,7 +348,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((w for w in words if not w.startswith("-")), None)
     args = build_parser(with_protocols=command == "eval").parse_args(words)
-    return run_command(args.func, args)  # user errors: one line, exit 2 (see cli_errors)
+    from densessl.models.formats.choice import use_format
+
+    with use_format(getattr(args, "format", None)):  # --format: every loader reads it
+        return run_command(args.func, args)  # user errors: one line, exit 2 (see cli_errors)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ Examples:
   densessl eval unsupervised --backbone runs/leopart-tiny community=leiden
 
 --backbone: a run directory (EMA teacher of checkpoints/last.pt; --which student), a
-densessl or official DINO checkpoint file, an exported backbone (.safetensors + meta.json),
+densessl or official DINO checkpoint file, a released SelfPatch / Leopart / LOCA (Flax) /
+FLSL checkpoint (format detected, or --format NAME), an exported backbone (.safetensors +
+meta.json),
 timm:NAME with --weights FILE, or random:ARCH / random:RUN_DIR. Settings override by name
 (epochs=10, num_clusters=[C,100], memory_size=null); dataset options under data.
 (data.num_images=200 for scenes). On scenes the CPU presets are used; real datasets get
@@ -75,6 +77,8 @@ timm's config.json. Plain timm loads it without densessl:
   model = timm.create_model(meta["architecture"], pretrained=True,
       pretrained_cfg_overlay=dict(file="EXPORT/model.safetensors"), **meta["timm_kwargs"])
 
+The source may also be a densessl checkpoint, an official DINO checkpoint or a released
+SelfPatch / Leopart / LOCA (Flax) / FLSL checkpoint (format detected, or --format NAME).
 The export is checked after writing: plain timm must give the same patch features.
 `densessl eval --backbone EXPORT` and `densessl viz --backbone EXPORT` read it back.
 """

@@ -22,6 +22,8 @@ from densessl.evaluation.api import evaluate
 from densessl.evaluation.features import build_extractor
 from densessl.export import export_backbone, timm_from_export
 from densessl.io.checkpoint import CheckpointError
+from densessl.models.arch_checks import check_config_fits
+from densessl.models.formats.dinov2 import dinov2_to_timm
 from densessl.models.loading import load_backbone
 from densessl.models.vit import BackboneConfig, build_backbone
 from densessl.train.trainer import Trainer, read_metrics
@@ -212,11 +214,11 @@ def test_wrong_official_files_say_what_is_wrong(tmp_path):
     torch.save(swiglu, tmp_path / "g14.pth")
     with pytest.raises(CheckpointError, match="ViT-g/14"):
         load_backbone(tmp_path / "g14.pth", num_heads=2)
-    torch.save(seeded_state(dinov2_keys(4)), tmp_path / "reg.pth")
+    weights = dinov2_to_timm(seeded_state(dinov2_keys(4)))
     config = BackboneConfig(family="dinov2", patch_size=14, img_size=56, depth=2, embed_dim=64,
                             num_heads=2)  # fmt: skip
     with pytest.raises(CheckpointError, match="num_registers=0 but the weights hold 4"):
-        load_backbone(tmp_path / "reg.pth", config)
+        check_config_fits(config, weights, "reg.pth")
 
 
 # ---------------------------------------------------------------- runs on every family

@@ -10,7 +10,8 @@ Batching, resizing to the protocol's resolution and progress bars belong to the 
 :func:`build_extractor` picks the loader from a string (the CLI's ``--backbone``):
 ``RUN_DIR`` (:func:`from_run`: ``checkpoints/last.pt`` EMA teacher or student, built with
 the architecture embedded in it; a disagreeing ``config.yaml`` is refused), ``FILE.pt|.pth``
-(:func:`from_checkpoint`: densessl or official DINO), a folder or ``.safetensors`` with
+(:func:`from_checkpoint`: densessl, DINO or a release, :mod:`densessl.models.formats`), a
+folder or ``.safetensors`` with
 ``meta.json`` (:func:`from_export`), ``timm:NAME`` with a local weights file
 (:func:`from_timm`; nothing is downloaded), ``random:ARCH`` or ``random:RUN_DIR``
 (:func:`random_init`, seeded baselines).
@@ -32,6 +33,7 @@ from densessl.errors import ConfigError
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file
 from densessl.io.paths import user_path
 from densessl.models.arch_checks import export_config
+from densessl.models.formats.detect import detect_format, read_checkpoint, resolve_format
 from densessl.models.loading import backbone_from_state, load_timm_weights
 from densessl.models.run_arch import run_backbone_config, yaml_backbone_config
 from densessl.models.vit import ARCHS, BackboneConfig, ViTBackbone, build_backbone, describe_config
@@ -47,9 +49,9 @@ __all__ = [
 ]
 
 SOURCES_HELP = (
-    "a densessl run directory, a checkpoint file (.pt/.pth: densessl or official DINO), an "
-    "exported backbone (folder or .safetensors with meta.json), timm:NAME (with weights=FILE) "
-    "or random:ARCH / random:RUN_DIR"
+    "a densessl run directory, a checkpoint file (densessl, DINO, SelfPatch, Leopart, LOCA, "
+    "FLSL), an exported backbone (folder or .safetensors with meta.json), timm:NAME (with "
+    "weights=FILE) or random:ARCH / random:RUN_DIR"
 )
 
 
@@ -184,7 +186,8 @@ def from_checkpoint(
     which: str = "teacher",
     num_heads: int | None = None,
 ) -> PatchFeatureExtractor:
-    """A densessl checkpoint file or an official DINO, DINOv2 or DINOv3 checkpoint.
+    """A densessl, official (DINO, DINOv2, DINOv3) or released (:mod:`densessl.models.formats`)
+    checkpoint.
 
     Args:
         path: the file. A densessl checkpoint carries its architecture; for DINO files it is
@@ -199,7 +202,7 @@ def from_checkpoint(
         CheckpointError: unreadable file, no ViT weights, or weights that do not fit.
     """
     path = user_path(path)
-    state = load_file(path)
+    state = read_checkpoint(path)  # torch (weights_only) or Flax; --format honoured
     densessl_file = isinstance(state, dict) and state.get("format") == FORMAT
     config = None
     if arch is not None and not densessl_file:
@@ -217,10 +220,9 @@ def from_checkpoint(
         source.update(method=state.get("method"), step=state.get("step"))
         what = f"checkpoint {path} ({which}, {state.get('method')}, step {state.get('step')})"
     else:
-        family = backbone.config.family
-        kind = "dino" if family == "vit" else family
+        kind = resolve_format() or detect_format(state)
         source = {"kind": kind, "path": str(path), "which": which}
-        what = f"{'DINO' if family == 'vit' else family} checkpoint {path} ({which})"
+        what = f"{kind} checkpoint {path} ({which})"
     return _wrap(backbone, source, what)
 
 

@@ -1,9 +1,9 @@
 """Build a :class:`~densessl.models.vit.ViTBackbone` from weights on disk.
 
 * :func:`load_backbone`: a file: an official DINO, DINOv2 or DINOv3 checkpoint (any of their
-  layouts, see :mod:`densessl.models.dino_compat` and :mod:`densessl.models.formats`), a
-  timm-layout state dict of any supported family (``.pth`` or ``.safetensors``, e.g. timm's
-  Hugging Face files) or a densessl training checkpoint (teacher or student);
+  layouts), a timm-layout state dict of any family (``.pth`` or ``.safetensors``, e.g. timm's
+  Hugging Face files), a released SelfPatch, Leopart, LOCA (Flax) or FLSL checkpoint
+  (:mod:`densessl.models.formats`) or a densessl training checkpoint;
 * :func:`backbone_from_state`: the same on an already loaded checkpoint object;
 * :func:`load_timm_weights`: strict load of timm-layout weights into a built backbone,
   resampling the position embedding to its grid.
@@ -21,16 +21,10 @@ from typing import Any
 
 from torch import Tensor
 
-from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
+from densessl.io.checkpoint import FORMAT, CheckpointError, training_backbone_weights
 from densessl.models.arch_checks import check_config_fits
-from densessl.models.dino_compat import (
-    dino_state_dict_to_timm,
-    infer_vit_fields,
-    resample_pos_embed,
-    select_state_dict,
-)
-from densessl.models.formats.dinov2 import dinov2_to_timm, looks_like_dinov2
-from densessl.models.formats.dinov3 import dinov3_to_timm, looks_like_dinov3
+from densessl.models.dino_compat import infer_vit_fields, resample_pos_embed
+from densessl.models.formats.detect import convert, read_checkpoint
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone, describe_config
 
 __all__ = ["backbone_from_state", "load_backbone", "load_timm_weights"]
@@ -51,9 +45,10 @@ def load_backbone(
     *,
     which: str = "teacher",
     pos_interp: str | None = None,
+    fmt: str | None = None,
     num_heads: int | None = None,
 ) -> ViTBackbone:
-    """Load a backbone from an official checkpoint (or a densessl training checkpoint).
+    """Load a backbone from an official DINO or released checkpoint, or a densessl one.
 
     Args:
         path: a ``.pth`` file: a DINO backbone release (``dino_deitsmall16_pretrain.pth``),
@@ -61,7 +56,8 @@ def load_backbone(
             state dict wrapped under ``state_dict``/``model``, an official DINOv2 or DINOv3
             release (``dinov2_vits14_reg4_pretrain.pth``,
             ``dinov3_vits16_pretrain_lvd1689m-*.pth``) or training checkpoint, a timm-layout
-            state dict of any family (``.pth`` or ``.safetensors``), or a densessl
+            state dict of any family (``.pth`` or ``.safetensors``), a released checkpoint of
+            another method (:mod:`densessl.models.formats`), or a densessl
             ``checkpoints/last.pt`` (its EMA-teacher backbone, or the student's).
         config: the backbone to build. ``None`` infers it from the weights: family,
             registers, patch size, width, depth, CLS token, final norm and ``img_size`` (the
@@ -71,8 +67,9 @@ def load_backbone(
             instead when present.
         which: ``"teacher"`` (default) or ``"student"`` network of a training checkpoint.
         pos_interp: position-embedding resampling; ``None`` means the config's value, or
-            ``"dino"`` when the config is inferred (official DINO/DINOv2 features at every
-            input size).
+            the format's (``"dino"``; LOCA ``"bilinear"``) when the config is inferred.
+        fmt: the file's format (:data:`densessl.models.formats.choice.FORMAT_NAMES`);
+            ``None``: ``--format``, else detected from the file.
         num_heads: attention heads of an inferred config whose width is not standard.
 
     Returns:
@@ -83,9 +80,9 @@ def load_backbone(
             ``config``; the message names the file, what was found and what was expected.
     """
     path = Path(path)
-    state = load_file(path)  # weights_only=True, CheckpointError naming the file
+    state = read_checkpoint(path, fmt)  # weights_only / Flax msgpack; errors name the file
     return backbone_from_state(
-        state, path, config, which=which, pos_interp=pos_interp, num_heads=num_heads
+        state, path, config, which=which, pos_interp=pos_interp, fmt=fmt, num_heads=num_heads
     )
 
 
@@ -96,21 +93,24 @@ def backbone_from_state(
     *,
     which: str = "teacher",
     pos_interp: str | None = None,
+    fmt: str | None = None,
     num_heads: int | None = None,
 ) -> ViTBackbone:
     """:func:`load_backbone` on an already loaded checkpoint object (``source`` names it)."""
     saved: dict[str, Any] = {}
-    try:
-        if isinstance(state, dict) and state.get("format") == FORMAT:
+    fixed: dict[str, Any] = {}  # what a released format fixes (no CLS token, GELU, ...)
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        try:
             weights = training_backbone_weights(state, which)
-            saved = _saved_backbone_fields(state)
-        else:
-            weights = official_to_timm(state, which)
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{source}: {err}") from err
+        except (KeyError, ValueError) as err:
+            raise CheckpointError(f"{source}: {err}") from err
+        saved = _saved_backbone_fields(state)
+    else:
+        converted = convert(state, source, which=which, fmt=fmt)  # CheckpointError
+        weights, fixed = converted.weights, converted.fields
     if config is None:
         try:
-            fields = saved or {**infer_vit_fields(weights), "pos_interp": "dino"}
+            fields = saved or {**infer_vit_fields(weights), "pos_interp": "dino", **fixed}
             if num_heads is not None and not saved:
                 fields.update(num_heads=num_heads, arch=fields.get("arch", "vit_small"))
             if "num_heads" not in fields:
@@ -122,33 +122,18 @@ def backbone_from_state(
             config = BackboneConfig(**fields)
         except (TypeError, ValueError) as err:
             raise CheckpointError(f"{source}: {err}") from err
+    fixes = ("family", "num_registers", "cls_token", "final_norm", "act_layer")
+    structure = {k: fixed[k] for k in fixes if k in fixed}
+    if config.pos_interp == "dino" and "pos_interp" in fixed:  # the import default: official
+        structure["pos_interp"] = fixed["pos_interp"]
+    if structure:  # a given architecture (``--arch``) takes the format's structure
+        config = dataclasses.replace(config, **structure)
     if pos_interp is not None:
         config = dataclasses.replace(config, pos_interp=pos_interp)
     check_config_fits(config, weights, str(source))  # a lying config: refused before building
     backbone = build_backbone(config)
     load_timm_weights(backbone, weights, source=str(source))
     return backbone.eval()
-
-
-def official_to_timm(state: Any, which: str = "teacher") -> dict[str, Tensor]:
-    """timm keys of an official checkpoint: DINOv3, DINOv2, else DINO / timm layout.
-
-    Raises:
-        ValueError: no ViT backbone in ``state`` (the message describes the file).
-    """
-    network = select_state_dict(state, which)
-    if looks_like_dinov3(network) or _prefixed(network, which, looks_like_dinov3):
-        return dinov3_to_timm(state, which)
-    if looks_like_dinov2(network) or _prefixed(network, which, looks_like_dinov2):
-        return dinov2_to_timm(state, which)
-    return dino_state_dict_to_timm(state, which=which)
-
-
-def _prefixed(network: Any, which: str, test: Any) -> bool:
-    """``test`` on the ``which.``-prefixed keys of a flat training checkpoint."""
-    flat = f"{which}."
-    keys = {str(k)[len(flat) :]: None for k in network if str(k).startswith(flat)}
-    return bool(keys) and test(keys)
 
 
 def load_timm_weights(backbone: ViTBackbone, weights: dict[str, Tensor], source: str) -> None:

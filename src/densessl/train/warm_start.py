@@ -1,9 +1,10 @@
 """Warm start: load backbone weights into a method's student and teacher (``--init``).
 
 Accepts a densessl run directory or checkpoint (its EMA-teacher backbone is used), an
-official DINO, DINOv2 or DINOv3 checkpoint (backbone-only or full training checkpoint) or a
-timm-layout file of any family. Heads, prototypes and optimiser state start fresh; for an
-exact continuation of a run use the same ``--out``.
+official DINO, DINOv2 or DINOv3 checkpoint (backbone-only or full training checkpoint), a
+timm-layout file of any family, or a released SelfPatch, Leopart, LOCA (Flax) or FLSL
+checkpoint (:mod:`densessl.models.formats`; teacher network). Heads, prototypes and optimiser
+state start fresh; for an exact continuation of a run use the same ``--out``.
 
 Methods whose backbone has no CLS token (SelfPatch, FLSL, LOCA) start from a file with one by
 dropping it: the ``cls_token`` and, where the position table has a CLS slot, that slot. A
@@ -17,10 +18,11 @@ from pathlib import Path
 
 import torch
 
-from densessl.io.checkpoint import FORMAT, CheckpointError, load_file, training_backbone_weights
+from densessl.io.checkpoint import FORMAT, CheckpointError, training_backbone_weights
 from densessl.io.paths import user_path
 from densessl.methods.base import Method
-from densessl.models.loading import load_timm_weights, official_to_timm
+from densessl.models.formats.detect import convert, read_checkpoint
+from densessl.models.loading import load_timm_weights
 from densessl.models.run_arch import run_backbone_config
 from densessl.models.vit import ViTBackbone
 
@@ -37,20 +39,18 @@ def resolve_weights_file(source: str | Path) -> Path:
 
 
 def backbone_weights(source: str | Path) -> dict[str, torch.Tensor]:
-    """timm-layout backbone weights from a densessl checkpoint or an official DINO file.
+    """timm-layout backbone weights from a densessl checkpoint, an official DINO file or a
+    released checkpoint of another method (:mod:`densessl.models.formats`).
 
     For a run directory its ``config.yaml`` must agree with the checkpoint's own config
     (:func:`~densessl.models.run_arch.run_backbone_config`)."""
     path = resolve_weights_file(source)
-    state = load_file(path)
+    state = read_checkpoint(path)  # torch (weights_only) or Flax msgpack; --format honoured
     if isinstance(state, dict) and state.get("format") == FORMAT:
         if user_path(source).is_dir():
             run_backbone_config(user_path(source), state, path)
         return training_backbone_weights(state, "teacher")
-    try:
-        return official_to_timm(state)
-    except (KeyError, ValueError) as err:
-        raise CheckpointError(f"{path}: {err}") from err
+    return convert(state, path).weights  # CheckpointError naming the file and the format
 
 
 def warm_start(method: Method, source: str | Path) -> None:

@@ -23,21 +23,29 @@ DINOv2 resamples positions with ``interpolate_offset=0.1`` and no antialias
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from densessl.models.formats.network import backbone_tensors
+from densessl.models.formats.common import Converted
+from densessl.models.formats.network import backbone_tensors, network_keys
 
-__all__ = ["dinov2_to_timm", "looks_like_dinov2"]
+__all__ = ["dinov2_to_timm", "looks_like", "to_timm"]
 
 
-def looks_like_dinov2(state: Mapping[str, Any]) -> bool:
+def looks_like(obj: Any) -> bool:
     """True for an official DINOv2 backbone (its ``mask_token`` beside a learned table)."""
-    keys = {str(k).split("backbone.")[-1] for k in state}
+    keys = network_keys(obj, "teacher") | network_keys(obj, "student")
     return "mask_token" in keys and "pos_embed" in keys and "storage_tokens" not in keys
+
+
+def to_timm(obj: Any, which: str = "teacher") -> Converted:
+    """:func:`dinov2_to_timm` as a :class:`Converted` (DINOv2 resamples positions as DINO)."""
+    weights = dinov2_to_timm(obj, which)
+    registers = int(weights["reg_token"].shape[1]) if "reg_token" in weights else 0
+    fields = {"family": "dinov2", "num_registers": registers, "pos_interp": "dino"}
+    return Converted("dinov2", weights, fields)
 
 
 def dinov2_to_timm(obj: Any, which: str = "teacher") -> dict[str, Tensor]:

@@ -23,23 +23,30 @@ Untied CLS norms (``cls_norm``, ``local_cls_norm``: the 7B model) are not suppor
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from densessl.models.formats.network import backbone_tensors
+from densessl.models.formats.common import Converted
+from densessl.models.formats.network import backbone_tensors, network_keys
 
-__all__ = ["dinov3_to_timm", "looks_like_dinov3", "rope_periods"]
+__all__ = ["dinov3_to_timm", "looks_like", "rope_periods", "to_timm"]
 
 ROPE_BASE = 100.0
 
 
-def looks_like_dinov3(state: Mapping[str, Any]) -> bool:
+def looks_like(obj: Any) -> bool:
     """True for an official DINOv3 backbone (``storage_tokens`` or ``rope_embed.periods``)."""
-    keys = {str(k).split("backbone.")[-1] for k in state}
+    keys = network_keys(obj, "teacher") | network_keys(obj, "student")
     return "rope_embed.periods" in keys or "storage_tokens" in keys
+
+
+def to_timm(obj: Any, which: str = "teacher") -> Converted:
+    """:func:`dinov3_to_timm` as a :class:`Converted`."""
+    weights = dinov3_to_timm(obj, which)
+    registers = int(weights["reg_token"].shape[1]) if "reg_token" in weights else 0
+    return Converted("dinov3", weights, {"family": "dinov3", "num_registers": registers})
 
 
 def rope_periods(head_dim: int, base: float = ROPE_BASE) -> Tensor:

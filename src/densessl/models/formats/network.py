@@ -16,7 +16,7 @@ from torch import Tensor
 
 from densessl.models.dino_compat import describe, select_state_dict
 
-__all__ = ["backbone_tensors"]
+__all__ = ["backbone_tensors", "network_keys"]
 
 _STRIP = ("module.", "backbone.", "_orig_mod.")
 _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.")
@@ -31,6 +31,19 @@ def _strip(key: str) -> str:
             if key.startswith(prefix):
                 key, changed = key[len(prefix) :], True
     return key
+
+
+def network_keys(obj: Any, which: str = "teacher") -> set[str]:
+    """The un-prefixed key names of the ``which`` network in ``obj`` (empty when none)."""
+    try:
+        state = select_state_dict(obj, which)
+    except ValueError:
+        return set()
+    keys = [str(k) for k in state]
+    flat = f"{which}."
+    if any(k.startswith(flat) for k in keys):
+        keys = [k[len(flat) :] for k in keys if k.startswith(flat)]
+    return {_strip(k) for k in keys}
 
 
 def backbone_tensors(obj: Any, which: str, marker: str) -> dict[str, Tensor]:
