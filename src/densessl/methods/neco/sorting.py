@@ -173,7 +173,8 @@ class DiffSort(nn.Module):
         if x.dim() != 2 or x.shape[1] != self.size:
             raise ValueError(f"DiffSort({self.size}) expects [R, {self.size}], got {list(x.shape)}")
         rows, n = x.shape
-        perm = torch.eye(n, dtype=x.dtype, device=x.device).expand(rows, n, n)
+        # P is kept transposed, [R, wire, input]: gathering wires then takes whole rows.
+        perm_t = torch.eye(n, dtype=x.dtype, device=x.device).expand(rows, n, n)
         device = x.device
         for columns_a, columns_b, kept in self._plan:
             ia = torch.tensor(columns_a, device=device, dtype=torch.long)
@@ -184,10 +185,10 @@ class DiffSort(nn.Module):
             low = alpha * a + (1 - alpha) * b
             high = (1 - alpha) * a + alpha * b
             x = torch.cat([low, high, x[:, iu]], dim=1)
-            pa, pb = perm[:, :, ia], perm[:, :, ib]
-            w = alpha.unsqueeze(1)
+            pa, pb = perm_t[:, ia], perm_t[:, ib]
+            w = alpha.unsqueeze(2)
             p_low = w * pa + (1 - w) * pb
             p_high = (1 - w) * pa + w * pb
-            perm = torch.cat([p_low, p_high, perm[:, :, iu]], dim=2)
+            perm_t = torch.cat([p_low, p_high, perm_t[:, iu]], dim=1)
         final = torch.tensor(self._final, device=device, dtype=torch.long)
-        return x[:, final], perm[:, :, final]
+        return x[:, final], perm_t[:, final].transpose(1, 2)
