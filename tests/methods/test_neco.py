@@ -320,3 +320,13 @@ def test_resume_is_exact(tmp_path, single_thread):
         assert torch.equal(value, states[1]["model"][key]), key
     losses = [[r["loss"] for r in read_metrics(tmp_path / run)] for run in ("straight", "resumed")]
     assert losses[0] == losses[1] and len(losses[0]) == 4
+
+
+def test_soft_ranks_stay_float32_under_bf16_autocast():
+    gen = torch.Generator().manual_seed(2)
+    queries, refs = torch.randn(2, 8, 3, 3, generator=gen), torch.randn(2, 8, 3, 3, generator=gen)
+    sorter = DiffSort(9, steepness=100.0)
+    exact = soft_ranks(queries, refs, sorter, "cosine")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = soft_ranks(queries, refs, sorter, "cosine")
+    assert mixed.dtype == torch.float32 and torch.equal(mixed, exact)

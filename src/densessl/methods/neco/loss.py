@@ -65,17 +65,21 @@ def soft_ranks(queries: Tensor, references: Tensor, sorter: DiffSort, similarity
     Returns:
         ``[B, n query, n ref, n rank]`` float32, doubly stochastic over the last two axes.
     """
-    batch = queries.shape[0]
-    q = queries.float().flatten(2).transpose(1, 2)  # [B, n, D]
-    r = references.float().flatten(2).transpose(1, 2)
-    if similarity == "cosine":
-        scores = torch.einsum("bqd,brd->bqr", F.normalize(q, dim=-1), F.normalize(r, dim=-1))
-    elif similarity == "euclidean":
-        scores = torch.cdist(q, r, p=2.0, compute_mode="use_mm_for_euclid_dist_if_necessary")
-    else:
+    if similarity not in SIMILARITIES:
         raise ValueError(f"unknown similarity {similarity!r}; choose from {SIMILARITIES}")
-    count = scores.shape[-1]
-    _, perm = sorter(scores.reshape(-1, count))
+    batch = queries.shape[0]
+    # float32 whatever the autocast dtype: bf16 cosines (3 digits) would reorder close
+    # references at steepness 100.
+    with torch.autocast(device_type=queries.device.type, enabled=False):
+        q = queries.float().flatten(2).transpose(1, 2)  # [B, n, D]
+        r = references.float().flatten(2).transpose(1, 2)
+        if similarity == "cosine":
+            q, r = F.normalize(q, dim=-1), F.normalize(r, dim=-1)
+            scores = torch.einsum("bqd,brd->bqr", q, r)
+        else:
+            scores = torch.cdist(q, r, p=2.0, compute_mode="use_mm_for_euclid_dist_if_necessary")
+        count = scores.shape[-1]
+        _, perm = sorter(scores.reshape(-1, count))
     return perm.reshape(batch, -1, count, count)
 
 
