@@ -304,7 +304,7 @@ def align_to_intersection(
         crop_boxes: ``[B, 4]`` this view's crop boxes in image pixels.
         other_boxes: ``[B, 4]`` the other view's crop boxes.
         flips: ``[B]`` whether this view was flipped (None: no flips).
-        output_size: side ``o`` of the output grid (Leopart: 7).
+        output_size: side ``o`` of the output grid (Leopart and NeCo: 7).
 
     Returns:
         ``(aligned [B, C, o, o], nonempty [B])``: cell ``(i, j)`` of two views aligned against
