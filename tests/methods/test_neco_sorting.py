@@ -260,13 +260,15 @@ def test_soft_permutation_matches_diffsort_n49_steepness_100():
     assert x.grad.abs().sum().item() == pytest.approx(PINNED_P49_GRAD_ABS_SUM, rel=1e-10)
 
 
-@pytest.mark.parametrize("network", ["bitonic", "odd_even"])
-@pytest.mark.parametrize("n", [1, 2, 5, 9, 16, 49])
-def test_exact_sorting_as_steepness_grows(network, n):
+@pytest.mark.parametrize(
+    ("network", "n"),
+    [("bitonic", n) for n in (1, 2, 5, 9, 16, 49)] + [("odd_even", n) for n in (1, 2, 5, 16)],
+)
+def test_exact_sorting_as_steepness_grows(network, n, single_thread):
     """Cauchy comparators err by O(1/(s·gap)): steepness 1e12 sorts exactly, P is a hard
     permutation."""
     gen = torch.Generator().manual_seed(n)
-    x = torch.randn(20, n, generator=gen, dtype=torch.float64)
+    x = torch.randn(10, n, generator=gen, dtype=torch.float64)
     values, perm = DiffSort(n, network, steepness=1e12)(x)
     exact, order = x.sort(dim=1)
     assert torch.allclose(values, exact, atol=1e-6)
