@@ -60,24 +60,8 @@ def test_installed_wheel_pretrains_and_evaluates_outside_the_checkout(installed,
     assert not location.is_relative_to(ROOT)
 
     run = tmp_path / "run"
-    _run(
-        [
-            sys.executable,
-            "-m",
-            "densessl",
-            "pretrain",
-            "--method",
-            "dino",
-            "--preset",
-            "smoke",
-            "--out",
-            str(run),
-            "train.progress=false",
-            "train.precision=fp32",
-        ],
-        tmp_path,
-        env,
-    )
+    _run([sys.executable, "-m", "densessl", "pretrain", "--method", "dino", "--preset", "smoke",
+          "--out", str(run), "train.progress=false", "train.precision=fp32"], tmp_path, env)
     assert (run / "checkpoints" / "last.pt").is_file()
     result = tmp_path / "linear.json"
     _run([sys.executable, "-m", "densessl", "eval", "linear", "--backbone", str(run),
