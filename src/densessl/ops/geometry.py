@@ -25,6 +25,7 @@ from torchvision.ops import roi_align
 Size = tuple[int, int]
 
 __all__ = [
+    "align_to_intersection",
     "box_area",
     "box_intersection",
     "box_to_frame",
@@ -286,3 +287,32 @@ def neighbour_table(
         index.append(torch.where(ok, r * width + c, own))
         valid.append(ok)
     return torch.stack(index, dim=1), torch.stack(valid, dim=1)
+
+
+def align_to_intersection(
+    features: Tensor,
+    crop_boxes: Tensor,
+    other_boxes: Tensor,
+    flips: Tensor | None = None,
+    output_size: int = 7,
+) -> tuple[Tensor, Tensor]:
+    """Resample every image's grid over the intersection of its crop with another crop.
+
+    Args:
+        features: ``[B, C, h, w]`` per-token values of one view (scores, probabilities,
+            masks), channels first.
+        crop_boxes: ``[B, 4]`` this view's crop boxes in image pixels.
+        other_boxes: ``[B, 4]`` the other view's crop boxes.
+        flips: ``[B]`` whether this view was flipped (None: no flips).
+        output_size: side ``o`` of the output grid (Leopart and NeCo: 7).
+
+    Returns:
+        ``(aligned [B, C, o, o], nonempty [B])``: cell ``(i, j)`` of two views aligned against
+        each other covers the same image region (image orientation). Where the crops do not
+        intersect, the whole crop is resampled instead and ``nonempty`` is False.
+    """
+    height, width = features.shape[-2:]
+    inter, nonempty = box_intersection(crop_boxes, other_boxes)
+    inter = torch.where(nonempty[:, None], inter, crop_boxes)
+    frame = box_to_frame(inter, crop_boxes, (height, width), flips)
+    return roi_align_grid(features, frame, output_size, flips), nonempty

@@ -43,41 +43,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densessl.ops.distributed import all_reduce_sum, world_size
-from densessl.ops.geometry import box_intersection, box_to_frame, roi_align_grid
+from densessl.ops.geometry import align_to_intersection
 from densessl.ops.keyed_random import keyed_uniform
 
 __all__ = ["EmbeddingQueue", "align_to_intersection", "leopart_loss"]
 
 MASK_TOLERANCE = 1e-4
-
-
-def align_to_intersection(
-    features: Tensor,
-    crop_boxes: Tensor,
-    other_boxes: Tensor,
-    flips: Tensor | None = None,
-    output_size: int = 7,
-) -> tuple[Tensor, Tensor]:
-    """Resample every image's grid over the intersection of its crop with another crop.
-
-    Args:
-        features: ``[B, C, h, w]`` per-token values of one view (scores, probabilities,
-            masks), channels first.
-        crop_boxes: ``[B, 4]`` this view's crop boxes in image pixels.
-        other_boxes: ``[B, 4]`` the other view's crop boxes.
-        flips: ``[B]`` whether this view was flipped (None: no flips).
-        output_size: side ``o`` of the output grid (Leopart: 7).
-
-    Returns:
-        ``(aligned [B, C, o, o], nonempty [B])``: cell ``(i, j)`` of two views aligned against
-        each other covers the same image region (image orientation). Where the crops do not
-        intersect, the whole crop is resampled instead and ``nonempty`` is False.
-    """
-    height, width = features.shape[-2:]
-    inter, nonempty = box_intersection(crop_boxes, other_boxes)
-    inter = torch.where(nonempty[:, None], inter, crop_boxes)
-    frame = box_to_frame(inter, crop_boxes, (height, width), flips)
-    return roi_align_grid(features, frame, output_size, flips), nonempty
 
 
 def leopart_loss(

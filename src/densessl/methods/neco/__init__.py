@@ -1,0 +1,1 @@
+"""NeCo: patch-neighbour ordering consistency (Pariza et al., ICLR 2025)."""
