@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from densessl.data.segmentation.registry import dataset_names
+from densessl.data.registry import KINDS, dataset_names
 from densessl.errors import ConfigError, brief
 from densessl.evaluation.linear.probe import (
     LinearProtocol,
@@ -69,7 +69,10 @@ class ProtocolRecord:
         train_options: per-dataset options of the train split (Leopart's 10 % of COCO).
         real_preset: builds the settings for real datasets from overrides (default: the
             dataclass itself).
-        datasets: the dataset layouts it accepts (default: every registered one).
+        kind: the kind of dataset it reads (:data:`densessl.data.registry.KINDS`:
+            ``segmentation``, ``classification``, ``boxes``, ``video``, ``keypoint_pairs``);
+            ``--dataset`` names a layout of that kind, ``scenes`` its synthetic counterpart.
+        datasets: the layouts of ``kind`` it accepts (default: every registered one).
         aliases: other names accepted for it.
     """
 
@@ -86,8 +89,18 @@ class ProtocolRecord:
     val_split: str = "val"
     train_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     real_preset: Callable[..., Any] | None = None
-    datasets: tuple[str, ...] = field(default_factory=dataset_names)
+    datasets: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    kind: str = "segmentation"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"protocol {self.name!r}: kind {self.kind!r} not in {list(KINDS)}")
+        if not self.datasets:
+            object.__setattr__(self, "datasets", dataset_names(self.kind))
+        unknown = sorted(set(self.datasets) - set(dataset_names(self.kind)))
+        if unknown:
+            raise ValueError(f"protocol {self.name!r}: no {self.kind} datasets {unknown}")
 
     def setting_names(self) -> list[str]:
         """The ``key=value`` settings this protocol takes (the dataclass's fields)."""
