@@ -26,6 +26,8 @@ from densessl.data.segmentation.ade20k import ADE20K
 from densessl.data.segmentation.coco import COCOStuff, COCOThings
 from densessl.data.segmentation.scene_folder import SceneFolder
 from densessl.data.segmentation.voc import VOCSegmentation
+from densessl.data.video.davis import DAVISVideos
+from densessl.data.video.scenes import SyntheticVideos, SyntheticVideosFolder
 from densessl.errors import brief
 
 #: kind -> what each item of its datasets holds (every item also has ``"index": int``;
@@ -165,5 +167,22 @@ register_dataset(
         "ADEChallengeData2016, 150 classes",
         ADE20K,
         split_names={"train": "training", "val": "validation"},
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "scenes",
+        "synthetic videos of moving, occluding textured objects with exact masks (in memory)",
+        SyntheticVideosFolder,
+        on_the_fly=SyntheticVideos,
+        kind="video",
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "davis",
+        "DAVIS-2017 semi-supervised (JPEGImages/480p, Annotations/480p, ImageSets/2017)",
+        DAVISVideos,
+        kind="video",
     )
 )

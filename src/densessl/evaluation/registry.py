@@ -43,6 +43,12 @@ from densessl.evaluation.unsupervised.settings import (
     describe_unsupervised,
     summarize_unsupervised,
 )
+from densessl.evaluation.video.protocol import (
+    VideoProtocol,
+    describe_video,
+    evaluate_video,
+    summarize_video,
+)
 
 Runner = Callable[..., dict[str, Any]]
 
@@ -237,5 +243,27 @@ register_protocol(
         "paper, or leiden; pip install 'densessl[unsupervised]'). As in the paper, train "
         "labels choose the CBFE cut and the CD settings; the output says so.",
         aliases=("fully_unsupervised", "cbfe"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="video",
+        description="DAVIS-2017 semi-supervised label propagation (DINO), J&F-Mean",
+        settings=VideoProtocol,
+        run=_transductive(evaluate_video),
+        describe=describe_video,
+        summarize=summarize_video,
+        source="facebookresearch/dino @7c446df, eval_video_segmentation.py; scored as "
+        "davisvideochallenge/davis2017-evaluation @ac7c43f, evaluation_method.py "
+        "--task semi-supervised",
+        help="The first frame's mask is propagated by patch-feature affinities: context = "
+        "first frame + n_last_frames=7 previous, exp(cos/0.1), top-5, a 12-patch window; "
+        "frames at 480 px short side (long side floored to x64); J (IoU) and F (boundary, "
+        "tolerance 0.008 of the diagonal) per object, objects pooled. std_typo=true (the "
+        "default) normalises with DINO's 0.228 as the published numbers; neighbourhood=0 "
+        "drops the window. Memory: one sequence's features at a time.",
+        train_split=None,
+        kind="video",
+        aliases=("davis", "label-propagation"),
     )
 )

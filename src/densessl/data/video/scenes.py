@@ -26,8 +26,9 @@ from torch.utils.data import Dataset
 from densessl.data.scenes.render import SceneConfig, render_scene
 from densessl.data.scenes.shapes import SHAPES
 from densessl.data.scenes.textures import THING_TEXTURES
+from densessl.errors import DataError
 
-__all__ = ["SyntheticVideos", "render_video"]
+__all__ = ["SyntheticVideos", "SyntheticVideosFolder", "render_video"]
 
 _SHAPES = ("disc", "square", "triangle", "hexagon", "cross", "star")
 _TEXTURES = ("stripes", "checker", "dots", "grid", "zigzag", "concentric")
@@ -152,6 +153,7 @@ class SyntheticVideos(Dataset):
             raise ValueError(f"size must be <= 512 and num_objects <= 6, got {size}, {num_objects}")
         self.split, self.num_videos, self.num_frames = split, num_videos, num_frames
         self.size, self.num_objects = size, num_objects
+        self.image_size = size  # the frame side (the scenes preset reads it)
         self.seed = seed + (1 if split == "val" else 0)
 
     def __len__(self) -> int:
@@ -172,3 +174,13 @@ class SyntheticVideos(Dataset):
             "frame_names": [f"{t:05d}" for t in range(self.num_frames)],
             "index": index,
         }
+
+
+class SyntheticVideosFolder(SyntheticVideos):
+    """``--dataset scenes --root DIR`` for videos: refused, the videos exist only in memory."""
+
+    def __init__(self, root: object, split: str = "val", **options: Any) -> None:
+        raise DataError(
+            "the synthetic videos are rendered in memory: drop --root (a `densessl scenes` "
+            "folder holds still images, not videos)"
+        )

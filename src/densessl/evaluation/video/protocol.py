@@ -231,3 +231,22 @@ def evaluate_video(
     result["num_objects"] = len(result["per_object"])
     result["differences_from_official"] = DIFFERENCES
     return result
+
+
+def describe_video(p: VideoProtocol) -> str:
+    """The settings of a label-propagation run in one line (printed beside every number)."""
+    window = "whole frame" if p.neighbourhood == 0 else f"window {p.neighbourhood}"
+    return (
+        f"short side {p.short_side}, long side floored to x{p.multiple}; first + "
+        f"{p.n_last_frames} previous frames, T={p.temperature:g}, top-{p.topk}, {window}; "
+        f"std ({p.std[0]:g}, {p.std[1]:g}, {p.std[2]:g}); F tolerance {p.bound_th:g}"
+    )
+
+
+def summarize_video(p: VideoProtocol, results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Headline rows: J&F-Mean, J-Mean and F-Mean, objects pooled (as davis2017-evaluation)."""
+    pooled = f"{results.get('num_objects', 0)} objects pooled"
+    return [
+        {"result": key, "metric": "J&F", "miou": results.get(key), "std": None, "matching": pooled}
+        for key in ("J&F-Mean", "J-Mean", "F-Mean")
+    ]
