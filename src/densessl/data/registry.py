@@ -21,6 +21,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from densessl.data.keypoints.scenes import SyntheticPairs, SyntheticPairsFolder
+from densessl.data.keypoints.spair import SPairPairs
 from densessl.data.scenes.dataset import SyntheticScenes
 from densessl.data.segmentation.ade20k import ADE20K
 from densessl.data.segmentation.coco import COCOStuff, COCOThings
@@ -184,5 +186,23 @@ register_dataset(
         "DAVIS-2017 semi-supervised (JPEGImages/480p, Annotations/480p, ImageSets/2017)",
         DAVISVideos,
         kind="video",
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "scenes",
+        "two views (crop, scale, flip) of one synthetic scene with exact keypoint "
+        "correspondences (in memory)",
+        SyntheticPairsFolder,
+        on_the_fly=SyntheticPairs,
+        kind="keypoint_pairs",
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "spair",
+        "SPair-71k (PairAnnotation/<split>/*.json, JPEGImages/<category>/), 18 categories",
+        SPairPairs,
+        kind="keypoint_pairs",
     )
 )

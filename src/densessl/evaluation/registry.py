@@ -24,6 +24,12 @@ from typing import Any
 
 from densessl.data.registry import KINDS, dataset_names
 from densessl.errors import ConfigError, brief
+from densessl.evaluation.correspondence.protocol import (
+    CorrespondenceProtocol,
+    describe_correspondence,
+    evaluate_correspondence,
+    summarize_correspondence,
+)
 from densessl.evaluation.linear.probe import (
     LinearProtocol,
     describe_linear,
@@ -265,5 +271,29 @@ register_protocol(
         train_split=None,
         kind="video",
         aliases=("davis", "label-propagation"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="correspondence",
+        description="SPair-71k keypoint correspondence by nearest-neighbour patch features, "
+        "PCK@0.1 by the target box",
+        settings=CorrespondenceProtocol,
+        run=_transductive(evaluate_correspondence),
+        describe=describe_correspondence,
+        summarize=summarize_correspondence,
+        source="mbanani/probe3d @a1f1464, evaluate_spair_correspondence.py (pairs, split "
+        "and box from the SPair-71k toolkit, Min et al. 2019)",
+        help="Each source keypoint's feature (bilinear on the patch grid) is matched to the "
+        "most similar target patch; correct when closer than alpha=0.1 x the target box's "
+        "max side. Images padded to a white square and resized to image_size=800 (a "
+        "multiple of the patch size: 798/812 for patch 14). pck = mean over categories "
+        "(Probe3D), pck_keypoints = all keypoints pooled. predict_at=centre, "
+        "align_corners=false or soft_argmax=true change Probe3D's matching conventions; "
+        "pairs_per_category=200 scores a seeded subset as Probe3D's sampling.",
+        train_split=None,
+        val_split="test",
+        kind="keypoint_pairs",
+        aliases=("spair", "keypoints"),
     )
 )

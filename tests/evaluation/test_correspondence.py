@@ -1,0 +1,213 @@
+"""``correspondence``: nearest-neighbour keypoint transfer and PCK, against Probe3D.
+
+Official values: mbanani/probe3d @a1f14640076e38b8bc07b66d0fe2d01d15691e9d,
+evaluate_spair_correspondence.py ``compute_errors`` (CPU run, faiss/hydra stubbed: unused
+there) on the features and keypoints built in :func:`_fixed_inputs`, ``thresh_scale=1``;
+errors are in units of the 128-px image side.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from densessl.data.keypoints.scenes import SyntheticPairs
+from densessl.data.keypoints.spair import SPairPairs
+from densessl.evaluation.correspondence.matching import keypoint_features, predict_keypoints
+from densessl.evaluation.correspondence.protocol import (
+    CorrespondenceProtocol,
+    evaluate_correspondence,
+)
+from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from helpers import RandomFeatures
+
+PROBE3D_ERRORS = [
+    0.08156489580869675,
+    0.08156489580869675,
+    0.05949822813272476,
+    0.07074519991874695,
+    0.9924643039703369,
+    0.17134150862693787,
+    0.0845051109790802,
+    0.16424840688705444,
+]
+PROBE3D_IN_BOTH = [0, 1, 2, 4, 5, 6, 8, 9]
+PROBE3D_RECALL = 62.5  # % of errors < 0.1
+
+
+def _fixed_inputs():
+    rng = np.random.default_rng(5)
+    feats = torch.from_numpy(rng.standard_normal((2, 16, 8, 8)).astype(np.float32))
+    feats[1] = torch.roll(feats[0], shifts=(1, 2), dims=(1, 2)) + 0.3 * feats[1]
+    kps_i = np.concatenate([rng.integers(0, 128, (10, 2)), np.ones((10, 1), int)], 1)
+    kps_j = kps_i.copy()
+    kps_j[:, 0] += 32
+    kps_j[:, 1] += 16
+    kps_j[:, :2] = np.clip(kps_j[:, :2] + rng.integers(-6, 7, (10, 2)), 0, 127)
+    kps_i[3, 2] = 0
+    kps_j[7, 2] = 0
+    return feats, torch.from_numpy(kps_i).float(), torch.from_numpy(kps_j).float()
+
+
+def test_transfer_and_errors_equal_probe3d():
+    feats, kps_i, kps_j = _fixed_inputs()
+    feats = F.normalize(feats, dim=1)
+    both = (kps_i[:, 2] * kps_j[:, 2]) == 1
+    assert both.nonzero().squeeze(1).tolist() == PROBE3D_IN_BOTH
+    query = keypoint_features(feats[0], kps_i[both, :2], 128)
+    pred = predict_keypoints(query, feats[1], 128)
+    errors = (pred - kps_j[both, :2]).norm(dim=1) / 128
+    assert errors.tolist() == pytest.approx(PROBE3D_ERRORS, abs=1e-6)
+    assert float((errors < 0.1).float().mean() * 100) == PROBE3D_RECALL
+
+
+def test_centre_and_soft_argmax_options():
+    feats = F.normalize(torch.randn(8, 4, 4), dim=0)
+    query = feats[:, 2, 1][None]  # exactly the feature of cell (row 2, col 1)
+    assert predict_keypoints(query, feats, 64).tolist() == [[16.0, 32.0]]
+    assert predict_keypoints(query, feats, 64, "centre").tolist() == [[24.0, 40.0]]
+    soft = predict_keypoints(query, feats, 64, "centre", soft_argmax=True, temperature=1e-3)
+    assert soft[0].tolist() == pytest.approx([24.0, 40.0], abs=1e-3)
+
+
+class _CoordinateOracle:
+    """Patch feature = radial basis code of the scene position painted into the image."""
+
+    patch_size = 8
+
+    def __init__(self) -> None:
+        g = (torch.arange(12) + 0.5) / 12
+        self.centres = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        std, mean = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
+        rgb = images * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
+        xy = F.avg_pool2d(rgb[:, :2], 8).permute(0, 2, 3, 1)  # [B, h, w, 2] in [0, 1]
+        d2 = ((xy[..., None, :] - self.centres) ** 2).sum(-1)
+        return torch.exp(-d2 / (2 * 0.03**2))
+
+
+class _PaintedPairs(torch.utils.data.Dataset):
+    def __init__(self, pairs: SyntheticPairs) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def _paint(self, box, flip, scene, size):
+        x0, y0, side = box
+        u = (torch.arange(size) + 0.5) * side / size
+        u = u.flip(0) if flip else u
+        v = (torch.arange(size) + 0.5) * side / size
+        x = ((x0 + u) / scene).view(1, -1).expand(size, size)
+        y = ((y0 + v) / scene).view(-1, 1).expand(size, size)
+        rgb = torch.stack([x, y, torch.full_like(x, 0.5)])
+        return (rgb * 255).round().to(torch.uint8)
+
+    def __getitem__(self, i):
+        item = dict(self.pairs[i])
+        views, size = item["views"], self.pairs.size
+        for key, k in (("source", 0), ("target", 1)):
+            item[key] = self._paint(views["boxes"][k], views["flips"][k], views["scene_size"], size)
+        return item
+
+
+def test_coordinate_oracle_and_random_floor_separate_on_synthetic_pairs():
+    pairs = SyntheticPairs(num_pairs=8, size=96)
+    p = CorrespondenceProtocol.for_scenes(image_size=96)  # predictions at cell centres
+    ceiling = evaluate_correspondence(_CoordinateOracle(), _PaintedPairs(pairs), p, progress=False)
+    floor = evaluate_correspondence(RandomFeatures(), pairs, p, progress=False)
+    assert ceiling["pck_keypoints"] > 0.3
+    assert floor["pck_keypoints"] < 0.1
+    assert (
+        ceiling["num_pairs"] == 8
+        and sum(c["num_pairs"] for c in ceiling["per_category"].values()) == 8
+    )
+
+
+def test_synthetic_correspondences_are_exact():
+    pairs = SyntheticPairs(num_pairs=4, size=96)
+    for i in range(len(pairs)):
+        item = pairs[i]
+        boxes, flips, scene = (
+            item["views"]["boxes"],
+            item["views"]["flips"],
+            item["views"]["scene_size"],
+        )
+        # back to the scene: both views' keypoints land on the same scene points
+        back = []
+        for kps, (x0, y0, side), flip in zip(
+            (item["source_kps"], item["target_kps"]), boxes, flips, strict=True
+        ):
+            uv = kps.double().clone()
+            if flip:
+                uv[:, 0] = 96 - uv[:, 0]
+            back.append(uv * side / 96 + torch.tensor([x0, y0], dtype=torch.float64))
+        assert torch.allclose(back[0], back[1], atol=1e-4)
+        assert (back[0] >= 0).all() and (back[0] <= scene).all()
+        x1, y1, x2, y2 = item["bbox"].tolist()
+        assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+        assert item["category"].startswith("thing/")
+
+
+def _write_spair(root, pairs=2):
+    (root / "JPEGImages" / "cat").mkdir(parents=True)
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    (root / "ImagePairs").mkdir()
+    names = []
+    for i in range(pairs):
+        for stem in (f"s{i}", f"t{i}"):
+            Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(
+                root / "JPEGImages" / "cat" / f"{stem}.jpg"
+            )
+        name = f"{i:06d}-s{i}-t{i}:cat"
+        ann = {
+            "src_imname": f"s{i}.jpg",
+            "trg_imname": f"t{i}.jpg",
+            "category": "cat",
+            "src_kps": [[10, 12], [30, 20]],
+            "trg_kps": [[12, 14], [33, 25]],
+            "trg_bndbox": [5, 6, 45, 40],
+            "src_imsize": [64, 48, 3],
+            "trg_imsize": [64, 48, 3],
+            "viewpoint_variation": 1,
+        }
+        (root / "PairAnnotation" / "test" / f"{name}.json").write_text(json.dumps(ann))
+        names.append(name)
+    (root / "ImagePairs" / "test.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_spair_layout_reads_pairs_and_names_missing_files(tmp_path):
+    root = _write_spair(tmp_path / "SPair-71k")
+    pairs = SPairPairs(root)
+    item = pairs[1]
+    assert len(pairs) == 2 and pairs.categories == ["cat"]
+    assert item["source"].shape == (3, 48, 64) and item["target_kps"].tolist() == [
+        [12, 14],
+        [33, 25],
+    ]
+    assert item["bbox"].tolist() == [5, 6, 45, 40] and item["category"] == "cat"
+    result = evaluate_correspondence(
+        RandomFeatures(), pairs, CorrespondenceProtocol(image_size=64), progress=False
+    )
+    assert result["per_category"]["cat"]["num_keypoints"] == 4 and len(result["per_pair"]) == 2
+    (root / "JPEGImages" / "cat" / "t0.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"SPair-71k layout.*JPEGImages/cat/t0\.jpg"):
+        SPairPairs(root)
+    with pytest.raises(FileNotFoundError, match="PairAnnotation"):
+        SPairPairs(tmp_path / "nothing")
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("alpha", 0), ("threshold", "box"), ("predict_at", "middle"), ("pairs_per_category", 0)],
+)
+def test_bad_settings_are_named(key, value):
+    with pytest.raises(ValueError, match=f"CorrespondenceProtocol.{key}"):
+        CorrespondenceProtocol(**{key: value})
