@@ -71,7 +71,7 @@ def test_a_protocol_of_another_kind_reads_its_layouts(monkeypatch, capsys):
                        "matching": "", "metric": "acc"}],
         "nowhere @0, x.py", help="h", kind="video",
     )  # fmt: skip
-    assert proto.datasets == ("scenes",)
+    assert proto.datasets[0] == "scenes"
     monkeypatch.setitem(protocol_registry._PROTOCOLS, "counting", proto)
     out = evaluate("counting", backbone=lambda x: x, data={"num_images": 6})
     assert "acc %" in capsys.readouterr().out
