@@ -106,18 +106,6 @@ def test_oracle_ceiling_and_random_floor_separate_on_synthetic_videos():
     assert set(ceiling["per_sequence"]) == set(videos.names)
 
 
-def test_synthetic_videos_move_occlude_and_are_reproducible():
-    a, b = (
-        SyntheticVideos(num_videos=2, num_frames=5, size=64)[1],
-        SyntheticVideos(num_videos=2, num_frames=5, size=64)[1],
-    )
-    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["masks"], b["masks"])
-    assert a["frames"].shape == (5, 3, 64, 64) and a["masks"].shape == (5, 64, 64)
-    ids = set(a["masks"].unique().tolist())
-    assert {0, 1, 2, 3} <= ids | {3}  # background and the objects
-    assert not torch.equal(a["masks"][0], a["masks"][-1])  # objects move
-
-
 @pytest.mark.parametrize(
     ("key", "value"), [("topk", 0), ("temperature", 0.0), ("std_typo", "yes"), ("multiple", -1)]
 )

@@ -1,0 +1,101 @@
+"""Keypoint-pair layouts: SPair-71k on files the test writes, the synthetic view pairs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from densessl.data.keypoints.scenes import SyntheticPairs, SyntheticPairsFolder
+from densessl.data.keypoints.spair import SPairPairs
+from densessl.errors import DataError
+from densessl.evaluation.correspondence.protocol import (
+    CorrespondenceProtocol,
+    evaluate_correspondence,
+)
+from helpers import RandomFeatures
+
+
+def test_synthetic_pairs_refuse_a_root_and_are_reproducible():
+    with pytest.raises(DataError, match="in memory"):
+        SyntheticPairsFolder("somewhere")
+    a, b = SyntheticPairs(num_pairs=2)[1], SyntheticPairs(num_pairs=2)[1]
+    assert torch.equal(a["source"], b["source"]) and torch.equal(a["target_kps"], b["target_kps"])
+    assert a["source"].shape == (3, 96, 96) and a["source_kps"].shape[1] == 2
+
+
+def test_synthetic_correspondences_are_exact():
+    pairs = SyntheticPairs(num_pairs=4, size=96)
+    for i in range(len(pairs)):
+        item = pairs[i]
+        boxes, flips, scene = (
+            item["views"]["boxes"],
+            item["views"]["flips"],
+            item["views"]["scene_size"],
+        )
+        # back to the scene: both views' keypoints land on the same scene points
+        back = []
+        for kps, (x0, y0, side), flip in zip(
+            (item["source_kps"], item["target_kps"]), boxes, flips, strict=True
+        ):
+            uv = kps.double().clone()
+            if flip:
+                uv[:, 0] = 96 - uv[:, 0]
+            back.append(uv * side / 96 + torch.tensor([x0, y0], dtype=torch.float64))
+        assert torch.allclose(back[0], back[1], atol=1e-4)
+        assert (back[0] >= 0).all() and (back[0] <= scene).all()
+        x1, y1, x2, y2 = item["bbox"].tolist()
+        assert 0 <= x1 < x2 <= 96 and 0 <= y1 < y2 <= 96
+        assert item["category"].startswith("thing/")
+
+
+def _write_spair(root, pairs=2):
+    (root / "JPEGImages" / "cat").mkdir(parents=True)
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    (root / "ImagePairs").mkdir()
+    names = []
+    for i in range(pairs):
+        for stem in (f"s{i}", f"t{i}"):
+            Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(
+                root / "JPEGImages" / "cat" / f"{stem}.jpg"
+            )
+        name = f"{i:06d}-s{i}-t{i}:cat"
+        ann = {
+            "src_imname": f"s{i}.jpg",
+            "trg_imname": f"t{i}.jpg",
+            "category": "cat",
+            "src_kps": [[10, 12], [30, 20]],
+            "trg_kps": [[12, 14], [33, 25]],
+            "trg_bndbox": [5, 6, 45, 40],
+            "src_imsize": [64, 48, 3],
+            "trg_imsize": [64, 48, 3],
+            "viewpoint_variation": 1,
+        }
+        (root / "PairAnnotation" / "test" / f"{name}.json").write_text(json.dumps(ann))
+        names.append(name)
+    (root / "ImagePairs" / "test.txt").write_text("\n".join(names) + "\n")
+    return root
+
+
+def test_spair_layout_reads_pairs_and_names_missing_files(tmp_path):
+    root = _write_spair(tmp_path / "SPair-71k")
+    pairs = SPairPairs(root)
+    item = pairs[1]
+    assert len(pairs) == 2 and pairs.categories == ["cat"]
+    assert item["source"].shape == (3, 48, 64) and item["target_kps"].tolist() == [
+        [12, 14],
+        [33, 25],
+    ]
+    assert item["bbox"].tolist() == [5, 6, 45, 40] and item["category"] == "cat"
+    result = evaluate_correspondence(
+        RandomFeatures(), pairs, CorrespondenceProtocol(image_size=64), progress=False
+    )
+    assert result["per_category"]["cat"]["num_keypoints"] == 4 and len(result["per_pair"]) == 2
+    (root / "JPEGImages" / "cat" / "t0.jpg").unlink()
+    with pytest.raises(FileNotFoundError, match=r"SPair-71k layout.*JPEGImages/cat/t0\.jpg"):
+        SPairPairs(root)
+    with pytest.raises(FileNotFoundError, match="PairAnnotation"):
+        SPairPairs(tmp_path / "nothing")

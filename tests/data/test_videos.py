@@ -1,0 +1,50 @@
+"""Video layouts: DAVIS-2017 on files the test writes, and the synthetic videos."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from densessl.data.video.davis import DAVISVideos
+from densessl.data.video.scenes import SyntheticVideos, SyntheticVideosFolder
+from densessl.errors import DataError
+from helpers import write_davis_fixture
+
+
+def test_davis_layout_reads_sequences_and_names_what_is_missing(tmp_path):
+    root = write_davis_fixture(
+        tmp_path / "DAVIS", sequences=("a", "b"), num_frames=3, size=(48, 64)
+    )
+    videos = DAVISVideos(root)
+    item = videos[1]
+    assert len(videos) == 2 and videos.names == ["a", "b"] and item["name"] == "b"
+    assert item["frames"].shape == (3, 3, 48, 64) and item["masks"].shape == (3, 48, 64)
+    assert set(item["masks"].unique().tolist()) == {0, 1, 2}  # palette indices, not colours
+    assert item["frame_names"] == ["00000", "00001", "00002"]
+    assert len(DAVISVideos(root, sequences=["a"])) == 1
+    with pytest.raises(DataError, match="not in"):
+        DAVISVideos(root, sequences=["zebra"])
+    (root / "Annotations" / "480p" / "b" / "00002.png").unlink()
+    with pytest.raises(
+        FileNotFoundError, match=r"DAVIS-2017 layout.*Annotations/480p/b/00002\.png"
+    ):
+        DAVISVideos(root)
+    with pytest.raises(FileNotFoundError, match=r"ImageSets/2017/val\.txt"):
+        DAVISVideos(tmp_path / "empty")
+
+
+def test_synthetic_videos_refuse_a_root():
+    with pytest.raises(DataError, match="in memory"):
+        SyntheticVideosFolder("somewhere")
+
+
+def test_synthetic_videos_move_occlude_and_are_reproducible():
+    a, b = (
+        SyntheticVideos(num_videos=2, num_frames=5, size=64)[1],
+        SyntheticVideos(num_videos=2, num_frames=5, size=64)[1],
+    )
+    assert torch.equal(a["frames"], b["frames"]) and torch.equal(a["masks"], b["masks"])
+    assert a["frames"].shape == (5, 3, 64, 64) and a["masks"].shape == (5, 64, 64)
+    ids = set(a["masks"].unique().tolist())
+    assert {0, 1, 2, 3} <= ids | {3}  # background and the objects
+    assert not torch.equal(a["masks"][0], a["masks"][-1])  # objects move
