@@ -350,3 +350,39 @@ class PatchStatsModel(torch.nn.Module):
         b, h, w, d = feats.shape
         tokens = torch.cat([feats.new_zeros(b, 1, d), feats.reshape(b, h * w, d)], 1)
         return [tokens]
+
+
+# ---------------------------------------------------------------------- toy keypoint pairs (SPair)
+def write_spair_fixture(root: Path, pairs: int = 2) -> Path:
+    """SPair-71k layout under ``root``: ``pairs`` pairs of category ``cat`` (48x64 images, 2
+    keypoints each, target box (5, 6, 45, 40)), listed in ``ImagePairs/test.txt``."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (root / "JPEGImages" / "cat").mkdir(parents=True)
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    (root / "ImagePairs").mkdir()
+    names = []
+    for i in range(pairs):
+        for stem in (f"s{i}", f"t{i}"):
+            Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(
+                root / "JPEGImages" / "cat" / f"{stem}.jpg"
+            )
+        name = f"{i:06d}-s{i}-t{i}:cat"
+        ann = {
+            "src_imname": f"s{i}.jpg",
+            "trg_imname": f"t{i}.jpg",
+            "category": "cat",
+            "src_kps": [[10, 12], [30, 20]],
+            "trg_kps": [[12, 14], [33, 25]],
+            "trg_bndbox": [5, 6, 45, 40],
+            "src_imsize": [64, 48, 3],
+            "trg_imsize": [64, 48, 3],
+            "viewpoint_variation": 1,
+        }
+        (root / "PairAnnotation" / "test" / f"{name}.json").write_text(json.dumps(ann))
+        names.append(name)
+    (root / "ImagePairs" / "test.txt").write_text("\n".join(names) + "\n")
+    return root

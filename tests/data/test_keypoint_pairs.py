@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
-
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from densessl.data.keypoints.scenes import SyntheticPairs, SyntheticPairsFolder
 from densessl.data.keypoints.spair import SPairPairs
@@ -16,7 +12,7 @@ from densessl.evaluation.correspondence.protocol import (
     CorrespondenceProtocol,
     evaluate_correspondence,
 )
-from helpers import RandomFeatures
+from helpers import RandomFeatures, write_spair_fixture
 
 
 def test_synthetic_pairs_refuse_a_root_and_are_reproducible():
@@ -52,36 +48,8 @@ def test_synthetic_correspondences_are_exact():
         assert item["category"].startswith("thing/")
 
 
-def _write_spair(root, pairs=2):
-    (root / "JPEGImages" / "cat").mkdir(parents=True)
-    (root / "PairAnnotation" / "test").mkdir(parents=True)
-    (root / "ImagePairs").mkdir()
-    names = []
-    for i in range(pairs):
-        for stem in (f"s{i}", f"t{i}"):
-            Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(
-                root / "JPEGImages" / "cat" / f"{stem}.jpg"
-            )
-        name = f"{i:06d}-s{i}-t{i}:cat"
-        ann = {
-            "src_imname": f"s{i}.jpg",
-            "trg_imname": f"t{i}.jpg",
-            "category": "cat",
-            "src_kps": [[10, 12], [30, 20]],
-            "trg_kps": [[12, 14], [33, 25]],
-            "trg_bndbox": [5, 6, 45, 40],
-            "src_imsize": [64, 48, 3],
-            "trg_imsize": [64, 48, 3],
-            "viewpoint_variation": 1,
-        }
-        (root / "PairAnnotation" / "test" / f"{name}.json").write_text(json.dumps(ann))
-        names.append(name)
-    (root / "ImagePairs" / "test.txt").write_text("\n".join(names) + "\n")
-    return root
-
-
 def test_spair_layout_reads_pairs_and_names_missing_files(tmp_path):
-    root = _write_spair(tmp_path / "SPair-71k")
+    root = write_spair_fixture(tmp_path / "SPair-71k")
     pairs = SPairPairs(root)
     item = pairs[1]
     assert len(pairs) == 2 and pairs.categories == ["cat"]

@@ -8,11 +8,14 @@ errors are in units of the 128-px image side.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+import densessl
 from densessl.data.keypoints.scenes import SyntheticPairs
 from densessl.evaluation.correspondence.matching import keypoint_features, predict_keypoints
 from densessl.evaluation.correspondence.protocol import (
@@ -20,7 +23,7 @@ from densessl.evaluation.correspondence.protocol import (
     evaluate_correspondence,
 )
 from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from helpers import RandomFeatures
+from helpers import RandomFeatures, write_spair_fixture
 
 PROBE3D_ERRORS = [
     0.08156489580869675,
@@ -133,3 +136,25 @@ def test_coordinate_oracle_and_random_floor_separate_on_synthetic_pairs():
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"CorrespondenceProtocol.{key}"):
         CorrespondenceProtocol(**{key: value})
+
+
+def test_api_on_the_spair_layout_writes_per_category_json(tmp_path):
+    root = write_spair_fixture(tmp_path / "SPair-71k")
+    out = tmp_path / "spair.json"
+    densessl.evaluate(
+        "correspondence",
+        backbone=RandomFeatures(),
+        dataset="spair",
+        root=root,
+        out=out,
+        image_size=64,
+        progress=False,
+        verbose=False,
+    )
+    saved = json.loads(out.read_text())
+    assert saved["dataset"]["val_split"] == "test" and saved["dataset"]["kind"] == "keypoint_pairs"
+    assert saved["settings"]["alpha"] == 0.1 and saved["settings"]["threshold"] == "bbox"
+    assert (
+        "probe3d" in saved["source"] and saved["results"]["per_category"]["cat"]["num_pairs"] == 2
+    )
+    assert [r["metric"] for r in saved["summary"]] == ["PCK@0.1", "PCK@0.1"]

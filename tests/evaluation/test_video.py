@@ -12,12 +12,17 @@ pixel on every frame.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+import densessl
+from densessl.cli import main
 from densessl.data.video.davis import DAVISVideos
 from densessl.data.video.scenes import SyntheticVideos
+from densessl.errors import ConfigError
 from densessl.evaluation.video.propagation import neighbourhood_mask, propagate_frame
 from densessl.evaluation.video.protocol import VideoProtocol, evaluate_video, frame_size
 from helpers import PatchStatsModel, RandomFeatures, write_davis_fixture
@@ -30,8 +35,9 @@ OFFICIAL_TOY_A = {  # per object: (J-Mean, F-Mean), the official per-sequence CS
 
 def test_matches_dino_and_davis2017_evaluation(tmp_path):
     root = write_davis_fixture(tmp_path / "DAVIS", sequences=("toy-a",))
-    result = evaluate_video(PatchStatsModel().eval(), DAVISVideos(root), VideoProtocol(),
-                            progress=False)  # fmt: skip
+    result = evaluate_video(
+        PatchStatsModel().eval(), DAVISVideos(root), VideoProtocol(), progress=False
+    )
     for key, (j, f) in OFFICIAL_TOY_A.items():
         assert result["per_object"][key]["J-Mean"] == pytest.approx(j, abs=1e-9)
         assert result["per_object"][key]["F-Mean"] == pytest.approx(f, abs=1e-9)
@@ -112,3 +118,51 @@ def test_oracle_ceiling_and_random_floor_separate_on_synthetic_videos():
 def test_bad_settings_are_named(key, value):
     with pytest.raises(ValueError, match=f"VideoProtocol.{key}"):
         VideoProtocol(**{key: value})
+
+
+def test_api_on_the_davis_layout_writes_settings_and_per_sequence_json(tmp_path, capsys):
+    root = write_davis_fixture(tmp_path / "DAVIS", sequences=("s1",), num_frames=4, size=(48, 64))
+    out = tmp_path / "video.json"
+    model = PatchStatsModel().eval()
+    record = densessl.evaluate(
+        "video", backbone=model, dataset="davis", root=root, out=out, short_side=48, progress=False
+    )
+    saved = json.loads(out.read_text())
+    assert saved["protocol"] == "video" and saved["dataset"]["kind"] == "video"
+    assert saved["settings"]["short_side"] == 48 and saved["settings"]["n_last_frames"] == 7
+    assert "dino @7c446df" in saved["source"] and "davis2017-evaluation" in saved["source"]
+    assert set(saved["results"]["per_object"]) == {"s1_1", "s1_2"}
+    assert saved["summary"][0]["result"] == "J&F-Mean"
+    assert record["results"]["J&F-Mean"] == saved["results"]["J&F-Mean"]
+    assert "J&F %" in capsys.readouterr().out
+
+
+def test_cli_names_a_missing_davis_folder_and_a_bad_patch_multiple(tmp_path, capsys):
+    assert (
+        main(
+            [
+                "eval",
+                "video",
+                "--backbone",
+                "random:vit_tiny",
+                "--dataset",
+                "davis",
+                "--root",
+                str(tmp_path / "none"),
+                "--no-progress",
+            ]
+        )
+        == 2
+    )
+    assert "DAVIS-2017 layout" in capsys.readouterr().err
+    root = write_davis_fixture(tmp_path / "DAVIS", sequences=("s1",), num_frames=3, size=(48, 64))
+    with pytest.raises(ConfigError, match="multiple of the backbone's patch size 16"):
+        densessl.evaluate(
+            "video",
+            backbone=PatchStatsModel(),
+            dataset="davis",
+            root=root,
+            short_side=40,
+            progress=False,
+            verbose=False,
+        )

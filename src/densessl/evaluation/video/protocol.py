@@ -158,7 +158,7 @@ def segment_sequence(
     height, width = frames.shape[-2:]
     size = frame_size(int(height), int(width), p.short_side, p.multiple)
     patch = int(getattr(extractor, "patch_size", 0) or 0)
-    if not patch or size[0] % patch or size[1] % patch:
+    if not patch or min(size) < patch or size[0] % patch or size[1] % patch:
         raise ConfigError(
             f"video: frames resized to {size[1]}x{size[0]} (short_side={p.short_side}, "
             f"multiple={p.multiple}) are not a multiple of the backbone's patch size {patch}; "
