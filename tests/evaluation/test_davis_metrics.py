@@ -95,3 +95,15 @@ def test_an_id_above_the_first_frame_objects_is_refused():
     pred[1, 5:, 5:] = 2
     with pytest.raises(ValueError, match="object id 2"):
         score_sequence(gt, pred)
+
+
+@pytest.mark.parametrize("radius", [1, 3, 8])
+def test_dilation_equals_the_disk_dilation(radius):
+    from scipy.ndimage import binary_dilation
+
+    from densessl.evaluation.video.davis_metrics import _dilate, disk
+
+    mask = np.random.default_rng(radius).random((40, 50)) < 0.01
+    expected = binary_dilation(mask, structure=disk(radius))
+    assert np.array_equal(_dilate(mask, radius), expected)
+    assert disk(1).sum() == 5 and disk(8).sum() == 197  # skimage.morphology.disk sizes
