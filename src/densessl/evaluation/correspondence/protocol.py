@@ -87,6 +87,7 @@ class CorrespondenceProtocol:
         pairs_per_category: score a seeded random subset of this many pairs per category
             (None: every pair).
         seed: the subset's seed.
+        batch_size: pairs per extractor call (2 images each).
     """
 
     image_size: int = 800
@@ -99,11 +100,12 @@ class CorrespondenceProtocol:
     soft_temperature: float = 0.04
     pairs_per_category: int | None = None
     seed: int = 0
+    batch_size: int = 8
 
     def __post_init__(self) -> None:
         check_fields(
             self,
-            ints=dict(image_size=1, seed=0),
+            ints=dict(image_size=1, seed=0, batch_size=1),
             optional_ints={"pairs_per_category": 1},
             positive=("alpha", "soft_temperature"),
             bools=("pad_to_square", "align_corners", "soft_argmax"),
@@ -115,7 +117,8 @@ class CorrespondenceProtocol:
         """CPU preset on the synthetic pairs: the views at their own size, PCK@0.1 by box,
         predictions at the cell centre (with 8-px cells on 96-px views Probe3D's corner
         convention alone halves an exact oracle's PCK: 0.23 vs 0.51)."""
-        return replace(cls(image_size=image_size, predict_at="centre"), **overrides)
+        base = cls(image_size=image_size, predict_at="centre", batch_size=32)
+        return replace(base, **overrides)
 
 
 def square_input(image: Tensor, size: int, pad: bool) -> tuple[Tensor, float, float]:
@@ -157,18 +160,13 @@ def _subset(pairs: Any, p: CorrespondenceProtocol) -> list[int]:
     return sorted(keep)
 
 
-def match_pair(
-    extractor: Extractor, item: dict[str, Any], p: CorrespondenceProtocol, device: Any
-) -> dict[str, Any]:
-    """Errors and correctness of one pair's keypoints (in input pixels)."""
-    src, ssx, ssy = square_input(item["source"], p.image_size, p.pad_to_square)
-    trg, tsx, tsy = square_input(item["target"], p.image_size, p.pad_to_square)
-    feats = extract_features(extractor, torch.stack([src, trg]).to(device))
-    feats = F.normalize(feats.permute(0, 3, 1, 2), dim=1)  # [2, D, h, w]
-    scale_src = torch.tensor([ssx, ssy])
-    scale_trg = torch.tensor([tsx, tsy])
-    src_kps = item["source_kps"].float() * scale_src
-    trg_kps = item["target_kps"].float() * scale_trg
+def match_pair(item: dict[str, Any], feats: Tensor, p: CorrespondenceProtocol) -> dict[str, Any]:
+    """Errors and correctness of one pair's keypoints (input pixels), from the L2-normalised
+    ``[2, D, h, w]`` features of its source and target inputs."""
+    ssx, ssy = _scales(item["source"], p)
+    tsx, tsy = _scales(item["target"], p)
+    src_kps = item["source_kps"].float() * torch.tensor([ssx, ssy])
+    trg_kps = item["target_kps"].float() * torch.tensor([tsx, tsy])
     query = keypoint_features(feats[0], src_kps.to(feats.device), p.image_size, p.align_corners)
     pred = predict_keypoints(
         query, feats[1], p.image_size, p.predict_at, p.soft_argmax, p.soft_temperature
@@ -182,6 +180,42 @@ def match_pair(
         norm = max(w * tsx, h * tsy)
     correct = pck(errors, torch.full_like(errors, norm), p.alpha)
     return {"errors": errors, "correct": correct, "threshold_px": norm}
+
+
+def _scales(image: Tensor, p: CorrespondenceProtocol) -> tuple[float, float]:
+    _, h, w = image.shape
+    if p.pad_to_square:
+        return p.image_size / max(h, w), p.image_size / max(h, w)
+    return p.image_size / w, p.image_size / h
+
+
+def _pair_features(
+    extractor: Extractor, items: list[dict[str, Any]], p: CorrespondenceProtocol, device: Any
+) -> Tensor:
+    """``[N, 2, D, h, w]`` L2-normalised features of N pairs (one extractor call)."""
+    inputs = [
+        square_input(item[k], p.image_size, p.pad_to_square)[0]
+        for item in items
+        for k in ("source", "target")
+    ]
+    feats = extract_features(extractor, torch.stack(inputs).to(device))
+    feats = F.normalize(feats.permute(0, 3, 1, 2), dim=1)
+    return feats.reshape(len(items), 2, *feats.shape[1:])
+
+
+def _record(item: dict[str, Any], out: dict[str, Any], per_cat: dict, per_pair: list) -> None:
+    n, c = len(out["correct"]), int(out["correct"].sum())
+    stats = per_cat[item["category"]]
+    stats[0], stats[1], stats[2] = stats[0] + 1, stats[1] + n, stats[2] + c
+    per_pair.append(
+        {
+            "name": item["name"],
+            "category": item["category"],
+            "num_keypoints": n,
+            "num_correct": c,
+            "mean_error_px": float(out["errors"].mean()),
+        }
+    )
 
 
 @torch.no_grad()
@@ -203,22 +237,14 @@ def evaluate_correspondence(
     per_cat: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])  # pairs, kps, correct
     per_pair = []
     indices = _subset(pairs, settings)
-    with eval_mode(extractor):
-        for i in tqdm(indices, desc="keypoint pairs", disable=not progress):
-            item = pairs[i]
-            out = match_pair(extractor, item, settings, device)
-            n, c = len(out["correct"]), int(out["correct"].sum())
-            stats = per_cat[item["category"]]
-            stats[0], stats[1], stats[2] = stats[0] + 1, stats[1] + n, stats[2] + c
-            per_pair.append(
-                {
-                    "name": item["name"],
-                    "category": item["category"],
-                    "num_keypoints": n,
-                    "num_correct": c,
-                    "mean_error_px": float(out["errors"].mean()),
-                }
-            )
+    bar = tqdm(total=len(indices), desc="keypoint pairs", disable=not progress)
+    with eval_mode(extractor), bar:
+        for start in range(0, len(indices), settings.batch_size):
+            items = [pairs[i] for i in indices[start : start + settings.batch_size]]
+            feats = _pair_features(extractor, items, settings, device)
+            for item, pair_feats in zip(items, feats, strict=True):
+                _record(item, match_pair(item, pair_feats, settings), per_cat, per_pair)
+            bar.update(len(items))
     categories = {
         cat: {"pck": s[2] / s[1], "num_pairs": s[0], "num_keypoints": s[1]}
         for cat, s in sorted(per_cat.items())
