@@ -158,3 +158,16 @@ def test_api_on_the_spair_layout_writes_per_category_json(tmp_path):
         "probe3d" in saved["source"] and saved["results"]["per_category"]["cat"]["num_pairs"] == 2
     )
     assert [r["metric"] for r in saved["summary"]] == ["PCK@0.1", "PCK@0.1"]
+
+
+def test_scenes_are_the_default_dataset_with_the_cpu_preset():
+    record = densessl.evaluate(
+        "correspondence",
+        backbone=RandomFeatures(),
+        progress=False,
+        verbose=False,
+        data={"num_pairs": 3, "size": 64},
+    )
+    assert record["dataset"]["name"] == "scenes" and record["dataset"]["val_split"] == "test"
+    assert record["settings"]["image_size"] == 64 and record["settings"]["predict_at"] == "centre"
+    assert record["results"]["num_pairs"] == 3

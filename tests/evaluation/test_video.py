@@ -166,3 +166,16 @@ def test_cli_names_a_missing_davis_folder_and_a_bad_patch_multiple(tmp_path, cap
             progress=False,
             verbose=False,
         )
+
+
+def test_scenes_are_the_default_dataset_with_the_cpu_preset():
+    record = densessl.evaluate(
+        "video",
+        backbone=RandomFeatures(),
+        progress=False,
+        verbose=False,
+        data={"num_videos": 2, "num_frames": 4, "size": 64},
+    )
+    assert record["dataset"]["name"] == "scenes" and record["dataset"]["num_val"] == 2
+    assert record["settings"]["short_side"] == 64 and record["settings"]["neighbourhood"] == 4
+    assert set(record["results"]["per_sequence"]) == {"video000", "video001"}

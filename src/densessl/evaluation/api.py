@@ -154,7 +154,9 @@ def _num_classes(dataset: Any) -> int | None:
 
 
 def _scene_size(dataset: Any, patch_size: int | None) -> int:
-    side = int(min(dataset[0]["image"].shape[-2:]))
+    side = getattr(dataset, "image_size", None)
+    if side is None:
+        side = int(min(dataset[0]["image"].shape[-2:]))
     p = int(patch_size or 1)
     return max(p, round(side / p) * p)
 
