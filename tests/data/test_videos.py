@@ -48,3 +48,15 @@ def test_synthetic_videos_move_occlude_and_are_reproducible():
     ids = set(a["masks"].unique().tolist())
     assert {0, 1, 2, 3} <= ids | {3}  # background and the objects
     assert not torch.equal(a["masks"][0], a["masks"][-1])  # objects move
+
+
+def test_objects_get_occluded_in_the_default_videos():
+    videos = SyntheticVideos()  # 6 videos x 8 frames, 3 objects, 96 px
+    shrink = []
+    for i in range(len(videos)):
+        masks = videos[i]["masks"]
+        for k in (1, 2, 3):
+            areas = (masks == k).flatten(1).sum(1).float()
+            assert areas[0] > 0  # every object is visible in the first (given) frame
+            shrink.append(float(areas.min() / areas.max()))
+    assert min(shrink) < 0.5  # an object mostly hidden behind a front one at some point
