@@ -179,3 +179,24 @@ def test_scenes_are_the_default_dataset_with_the_cpu_preset():
     assert record["dataset"]["name"] == "scenes" and record["dataset"]["num_val"] == 2
     assert record["settings"]["short_side"] == 64 and record["settings"]["neighbourhood"] == 4
     assert set(record["results"]["per_sequence"]) == {"video000", "video001"}
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [
+        ((480, 832), (480, 854)),
+        ((480, 854), (30, 52)),
+        ((832, 480), (854, 480)),
+        ((854, 480), (52, 30)),
+    ],
+)
+def test_nearest_resizes_follow_pil_as_the_script(src, dst):
+    import numpy as np
+    from PIL import Image
+
+    from densessl.evaluation.video.propagation import soft_to_mask
+
+    labels = np.random.default_rng(0).integers(0, 4, src).astype(np.uint8)
+    pil = np.array(Image.fromarray(labels).resize((dst[1], dst[0]), 0))
+    onehot = F.one_hot(torch.from_numpy(labels).long(), 4).permute(2, 0, 1).float()
+    assert np.array_equal(soft_to_mask(onehot, 1, dst).numpy(), pil)  # patch 1: no upsampling

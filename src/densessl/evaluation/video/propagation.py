@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from densessl.evaluation.preprocess import resize_label
+
 __all__ = [
     "neighbourhood_mask",
     "normalise_channels",
@@ -137,11 +139,8 @@ def soft_to_mask(soft: Tensor, patch_size: int, size: tuple[int, int]) -> Tensor
 
     Bilinear upsampling by ``patch_size`` (``align_corners=False``), per-channel min-max
     (:func:`normalise_channels`), argmax, then a nearest resize to ``size`` with PIL's rule
-    (source pixel ``floor((x + 0.5) * in / out)``).
+    (:func:`densessl.evaluation.preprocess.nearest_index`, exact incl. its float64 steps).
     """
     up = F.interpolate(soft[None], scale_factor=patch_size, mode="bilinear", align_corners=False)[0]
     labels = normalise_channels(up).argmax(dim=0)
-    if tuple(labels.shape) == tuple(size):
-        return labels
-    out = F.interpolate(labels[None, None].float(), size=size, mode="nearest-exact")
-    return out[0, 0].long()
+    return resize_label(labels, size, rule="pil")

@@ -49,6 +49,7 @@ from densessl.evaluation.preprocess import (
     eval_mode,
     extract_features,
     normalize,
+    resize_label,
 )
 from densessl.evaluation.video.davis_metrics import aggregate, score_sequence
 from densessl.evaluation.video.propagation import propagate_video, soft_to_mask
@@ -139,7 +140,7 @@ def _first_labels(mask: Tensor, grid: tuple[int, int]) -> Tensor:
     """Frame-0 ids -> one-hot ``[C, h, w]`` on the patch grid (PIL nearest), C = max + 1."""
     ids = mask.long().clone()
     ids[ids == 255] = 0
-    small = F.interpolate(ids[None, None].float(), size=grid, mode="nearest-exact")[0, 0].long()
+    small = resize_label(ids, grid, rule="pil")
     return F.one_hot(small, int(small.max()) + 1).permute(2, 0, 1).float()
 
 
