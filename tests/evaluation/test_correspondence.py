@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import densessl
 from densessl.data.keypoints.scenes import SyntheticPairs
@@ -171,3 +172,23 @@ def test_scenes_are_the_default_dataset_with_the_cpu_preset():
     assert record["dataset"]["name"] == "scenes" and record["dataset"]["val_split"] == "test"
     assert record["settings"]["image_size"] == 64 and record["settings"]["predict_at"] == "centre"
     assert record["results"]["num_pairs"] == 3
+
+
+def test_inputs_equal_probe3ds_padding_and_torchvision_resize():
+    from torchvision import transforms
+
+    from densessl.evaluation.correspondence.protocol import square_input
+
+    image = torch.from_numpy(np.random.default_rng(1).integers(0, 256, (3, 30, 50), np.uint8))
+    padded = np.pad(image.permute(1, 2, 0).numpy(), ((0, 20), (0, 0), (0, 0)), constant_values=255)
+    probe3d = transforms.Compose(
+        [
+            transforms.Resize(
+                (64, 64), interpolation=transforms.InterpolationMode.BICUBIC, antialias=True
+            ),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )(Image.fromarray(padded))  # evals/datasets/spair.py's image_transform after get_image
+    ours, sx, sy = square_input(image, 64, pad=True)
+    assert torch.allclose(ours, probe3d, atol=1e-6) and sx == sy == 64 / 50

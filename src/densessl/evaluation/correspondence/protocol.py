@@ -7,7 +7,7 @@ pairs and split (Min et al. 2019):
 1. **Pairs**: every pair of the ``test`` split (12,234 pairs, 18 categories), with the
    pair annotation's keypoints (those visible in both images) and the target's box.
 2. **Images**: padded to a square at the bottom/right with white (255) and resized to
-   ``image_size`` (Probe3D: 800, bicubic, antialiased), ImageNet mean/std; keypoints scaled
+   ``image_size`` (Probe3D: 800, Pillow's bicubic), ImageNet mean/std; keypoints scaled
    by ``image_size / max(H, W)``.
 3. **Matching** (:mod:`densessl.evaluation.correspondence.matching`): L2-normalised patch
    features; the source keypoint's feature bilinearly sampled (``align_corners=True``); the
@@ -28,7 +28,6 @@ Differences from Probe3D:
   (``pairs_per_category=200`` draws a seeded subset, not the same pairs).
 * Keypoints are the pair annotation's (Probe3D reads the same points from ImageAnnotation)
   and stay fractional after scaling (Probe3D truncates them to integers).
-* Resizing is torch's bicubic with antialiasing on the padded uint8 image (Probe3D: PIL's).
 """
 
 from __future__ import annotations
@@ -37,8 +36,10 @@ from collections import defaultdict
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
@@ -63,7 +64,6 @@ __all__ = ["CorrespondenceProtocol", "evaluate_correspondence", "square_input"]
 DIFFERENCES = [
     "every test pair is scored (Probe3D: 200 random pairs per category)",
     "keypoints from the pair annotation, fractional after scaling (Probe3D truncates)",
-    "torch bicubic antialiased resize (Probe3D: PIL bicubic)",
 ]
 
 
@@ -123,24 +123,20 @@ class CorrespondenceProtocol:
 
 def square_input(image: Tensor, size: int, pad: bool) -> tuple[Tensor, float, float]:
     """uint8 ``[3, H, W]`` -> normalised ``[3, size, size]`` and the x / y scale factors
-    from original pixels to input pixels (white bottom/right padding when ``pad``)."""
+    from original pixels to input pixels: white bottom/right padding to a square when
+    ``pad``, then Pillow's bicubic resize (what Probe3D's torchvision ``Resize`` runs)."""
     _, h, w = image.shape
-    x = image.float()
+    x = image.cpu()
     if pad:
         side = max(h, w)
-        x = F.pad(x, (0, side - w, 0, side - h), value=255.0)
+        x = F.pad(x, (0, side - w, 0, side - h), value=255)
         sx = sy = size / side
     else:
         sx, sy = size / w, size / h
     if tuple(x.shape[-2:]) != (size, size):
-        x = (
-            F.interpolate(
-                x[None], size=(size, size), mode="bicubic", antialias=True, align_corners=False
-            )[0]
-            .round()
-            .clamp(0, 255)
-        )
-    return normalize(x / 255.0, IMAGENET_MEAN, IMAGENET_STD), sx, sy
+        pil = Image.fromarray(x.permute(1, 2, 0).numpy()).resize((size, size), Image.BICUBIC)
+        x = torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+    return normalize(x.float() / 255.0, IMAGENET_MEAN, IMAGENET_STD), sx, sy
 
 
 def _subset(pairs: Any, p: CorrespondenceProtocol) -> list[int]:
