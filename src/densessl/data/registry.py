@@ -21,6 +21,8 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from densessl.data.classification.image_folder import ImageFolder
+from densessl.data.classification.scene_labels import SceneFolderClasses, SyntheticSceneClasses
 from densessl.data.scenes.dataset import SyntheticScenes
 from densessl.data.segmentation.ade20k import ADE20K
 from densessl.data.segmentation.coco import COCOStuff, COCOThings
@@ -165,5 +167,23 @@ register_dataset(
         "ADEChallengeData2016, 150 classes",
         ADE20K,
         split_names={"train": "training", "val": "validation"},
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "scenes",
+        "synthetic scenes labelled by their dominant object class (exact): rendered on the "
+        "fly, or a `densessl scenes` folder given as --root",
+        SceneFolderClasses,
+        on_the_fly=SyntheticSceneClasses,
+        kind="classification",
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "imagenet",
+        "a class-per-folder image tree (ImageNet layout): ROOT/{train,val}/<class>/*.jpg",
+        ImageFolder,
+        kind="classification",
     )
 )

@@ -24,6 +24,7 @@ from typing import Any
 
 from densessl.data.registry import KINDS, dataset_names
 from densessl.errors import ConfigError, brief
+from densessl.evaluation.knn import KNNProtocol, describe_knn, evaluate_knn, summarize_knn
 from densessl.evaluation.linear.probe import (
     LinearProtocol,
     describe_linear,
@@ -237,5 +238,22 @@ register_protocol(
         "paper, or leiden; pip install 'densessl[unsupervised]'). As in the paper, train "
         "labels choose the CBFE cut and the CD settings; the output says so.",
         aliases=("fully_unsupervised", "cbfe"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="knn",
+        description="DINO weighted k-NN classification on image features (train -> val)",
+        settings=KNNProtocol,
+        run=evaluate_knn,
+        describe=describe_knn,
+        summarize=summarize_knn,
+        source="facebookresearch/dino @7c446df, eval_knn.py",
+        help="L2-normalised CLS features (mean of patches for backbones without CLS: "
+        "pool=mean forces it); each val image takes the exp(sim/T)-weighted vote of its k "
+        "nearest train images (k=20, T=0.07); top-1/top-5. extra_neighbors=[10,100,200] "
+        "scores more k on the same features.",
+        kind="classification",
+        aliases=("knn_classification",),
     )
 )
