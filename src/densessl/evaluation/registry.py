@@ -24,6 +24,12 @@ from typing import Any
 
 from densessl.data.registry import KINDS, dataset_names
 from densessl.errors import ConfigError, brief
+from densessl.evaluation.discovery import (
+    DiscoveryProtocol,
+    describe_discovery,
+    evaluate_discovery,
+    summarize_discovery,
+)
 from densessl.evaluation.knn import KNNProtocol, describe_knn, evaluate_knn, summarize_knn
 from densessl.evaluation.linear.probe import (
     LinearProtocol,
@@ -66,7 +72,7 @@ class ProtocolRecord:
         help: tuning advice for ``densessl eval NAME --help``.
         train_split: split the protocol trains or builds a memory on (None: it uses only
             the scored split); ``train_splits`` overrides it per dataset.
-        val_split: the scored split.
+        val_split: the scored split; ``val_splits`` overrides it per dataset.
         train_options: per-dataset options of the train split (Leopart's 10 % of COCO).
         real_preset: builds the settings for real datasets from overrides (default: the
             dataclass itself).
@@ -88,6 +94,7 @@ class ProtocolRecord:
     train_split: str | None = "train"
     train_splits: Mapping[str, str] = field(default_factory=dict)
     val_split: str = "val"
+    val_splits: Mapping[str, str] = field(default_factory=dict)
     train_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     real_preset: Callable[..., Any] | None = None
     datasets: tuple[str, ...] = ()
@@ -109,9 +116,10 @@ class ProtocolRecord:
 
     def splits(self, dataset: str) -> tuple[str | None, str]:
         """``(train split or None, scored split)`` on ``dataset``."""
+        val = self.val_splits.get(dataset, self.val_split)
         if self.train_split is None:
-            return None, self.val_split
-        return self.train_splits.get(dataset, self.train_split), self.val_split
+            return None, val
+        return self.train_splits.get(dataset, self.train_split), val
 
     def resolve(
         self, dataset: str, settings: Mapping[str, Any], image_size: int | None = None
@@ -255,5 +263,25 @@ register_protocol(
         "scores more k on the same features.",
         kind="classification",
         aliases=("knn_classification",),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="discovery",
+        description="LOST single-object discovery, CorLoc (one box per image)",
+        settings=DiscoveryProtocol,
+        run=evaluate_discovery,
+        describe=describe_discovery,
+        summarize=summarize_discovery,
+        source="valeoai/LOST @fcedbec, main_lost.py + object_discovery.py",
+        help="Last-block attention keys of each full-resolution image (padded to the patch "
+        "size); the seed is the patch with the fewest positive correlations, expanded over "
+        "the k_patches=100 lowest-degree patches; the seed's connected component gives one "
+        "box; CorLoc = share of images with IoU >= 0.5 to any GT box. features=patches for "
+        "backbones without attention keys; max_side=N shrinks large images.",
+        train_split=None,
+        val_splits={"voc07": "trainval", "voc12": "trainval", "coco20k": "train"},
+        kind="boxes",
+        aliases=("lost", "corloc"),
     )
 )
