@@ -14,7 +14,7 @@ from densessl.evaluation.api import evaluate
 from densessl.evaluation.discovery import DiscoveryProtocol, evaluate_discovery
 from densessl.evaluation.features import random_init
 from densessl.evaluation.image_features import last_block_keys
-from densessl.evaluation.lost import box_iou, lost_box
+from densessl.evaluation.lost import box_iou, corloc, lost_box
 from densessl.evaluation.oracle import LabelOracle, label_palette
 from densessl.models.vit import BackboneConfig
 
@@ -66,6 +66,16 @@ def test_box_iou_matches_lost_bbox_iou():
         got = box_iou(list(box), gt)
         assert got.tolist() == pytest.approx(ious, abs=1e-7)
         assert bool((got >= 0.5).any()) == (max(ious) >= 0.5)
+
+
+def test_corloc_matches_lost_main_loop():
+    """LOST @fcedbec main_lost.py:318-344 (bbox_iou, any IoU >= 0.5, 100 * hits / cnt) on
+    these boxes: 60.0, hits [1, 1, 0, 1, 0]."""
+    preds = [[0, 0, 32, 16], [12, 8, 44, 40], [0, 0, 16, 16], [16, 16, 64, 48], [5, 5, 30, 30]]
+    gts = [[[0, 0, 32, 32]], [[10, 10, 50, 40], [16, 0, 48, 32]], [[0, 0, 16, 40]],
+           [[16, 16, 64, 48]], [[40, 40, 60, 60]]]  # fmt: skip
+    assert corloc(preds, [torch.tensor(g) for g in gts]) == 60.0
+    assert corloc(preds[:1], [torch.zeros(0, 4)]) == 0.0  # no GT box: a miss
 
 
 def test_last_block_keys_are_the_qkv_key_third():

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from densessl.evaluation.checks import check_fields
 from densessl.evaluation.image_features import last_block_keys
-from densessl.evaluation.lost import box_iou, lost_box
+from densessl.evaluation.lost import is_hit, lost_box
 from densessl.evaluation.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -136,10 +136,8 @@ def evaluate_discovery(
             found = lost_box(f, (h, w), patch, (round(h0 / scale), round(w0 / scale)), p.k_patches)
             box = [v * scale for v in found["box"]] if scale != 1.0 else found["box"]
             gt = item["boxes"]
-            ious = box_iou(box, gt) if len(gt) else torch.zeros(0)
-            hit = bool(len(gt) and torch.any(ious >= p.iou_threshold))
+            hit, best = is_hit(box, gt, p.iou_threshold)
             hits += int(hit)
-            best = float(ious.max()) if len(gt) else None
             per_image.append({"index": int(item["index"]), "name": str(item.get("name", "")),
                               "box": box, "seed": found["seed"], "num_gt": len(gt),
                               "best_iou": best, "hit": hit})  # fmt: skip

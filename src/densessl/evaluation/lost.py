@@ -28,7 +28,7 @@ import torch
 from scipy import ndimage
 from torch import Tensor
 
-__all__ = ["box_iou", "lost_box"]
+__all__ = ["box_iou", "corloc", "is_hit", "lost_box"]
 
 
 def lost_box(
@@ -86,3 +86,19 @@ def box_iou(box: Tensor | list[float], gt: Tensor, eps: float = 1e-7) -> Tensor:
     w1, h1 = b[2] - b[0], b[3] - b[1] + eps
     w2, h2 = g[2] - g[0], g[3] - g[1] + eps
     return inter / (w1 * h1 + w2 * h2 - inter + eps)
+
+
+def is_hit(
+    box: Tensor | list[float], gt: Tensor, threshold: float = 0.5
+) -> tuple[bool, float | None]:
+    """``(IoU >= threshold with any GT box, the best IoU or None without GT)``."""
+    if len(gt) == 0:
+        return False, None
+    ious = box_iou(box, gt)
+    return bool(torch.any(ious >= threshold)), float(ious.max())
+
+
+def corloc(boxes: list[list[float]], gts: list[Tensor], threshold: float = 0.5) -> float:
+    """CorLoc in percent: 100 * (images whose box hits a GT box) / images."""
+    hits = sum(is_hit(b, torch.as_tensor(g), threshold)[0] for b, g in zip(boxes, gts, strict=True))
+    return 100.0 * hits / max(1, len(boxes))
