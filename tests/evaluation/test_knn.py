@@ -102,3 +102,37 @@ def test_knn_settings_are_checked():
         KNNProtocol(crop=300)
     with pytest.raises(ValueError, match="pool"):
         KNNProtocol(pool="max")
+
+
+def test_linear_classifier_floor_and_ceiling_on_scenes():
+    from densessl.evaluation.linear_classifier import (
+        LinearClassifierProtocol,
+        evaluate_linear_cls,
+    )
+
+    train = build_dataset("scenes", None, "train", "classification", num_images=60, size=64)
+    val = build_dataset("scenes", None, "val", "classification", num_images=60, size=64)
+    settings = LinearClassifierProtocol.for_scenes(64)
+    oracle = evaluate_linear_cls(_pooled, _ClassPainted(train), _ClassPainted(val), settings,
+                                 progress=False)  # fmt: skip
+    assert oracle["top1"] == 100.0 and len(oracle["per_epoch"]) == settings.epochs
+    pixels = evaluate_linear_cls(_pooled, train, val, settings, progress=False)
+    assert pixels["top1"] < 80.0 and pixels["pooling"] == "mean_patches"
+
+
+def test_linear_classifier_reads_the_last_blocks_cls():
+    from densessl.evaluation.features import random_init
+    from densessl.evaluation.image_features import image_features, last_blocks_cls
+    from densessl.models.vit import BackboneConfig
+
+    small = random_init(BackboneConfig(arch="vit_tiny", embed_dim=32, depth=3, num_heads=2))
+    images = torch.randn(2, 3, 32, 32)
+    four = last_blocks_cls(small, images, 3)
+    assert four.shape == (2, 96)
+    assert torch.allclose(four[:, 64:], image_features(small, images)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="n_last_blocks=4 but the backbone has 3 blocks"):
+        last_blocks_cls(small, images, 4)
+    out = evaluate("linear_cls", small, verbose=False, progress=False, epochs=2, n_last_blocks=2,
+                   data={"num_images": 20, "size": 64})  # fmt: skip
+    assert out["results"]["feature_dim"] == 64 and out["settings"]["epochs"] == 2
+    assert out["source"] == "facebookresearch/dino @7c446df, eval_linear.py"

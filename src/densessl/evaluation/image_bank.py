@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from densessl.evaluation.image_features import image_features
+from densessl.evaluation.image_features import image_features, last_blocks_cls
 from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD, normalize, to_float
 
 __all__ = ["center_crop_view", "feature_bank"]
@@ -70,16 +70,23 @@ def feature_bank(
     device: torch.device | str = "cpu",
     progress: bool = True,
     desc: str = "features",
+    n_last_blocks: int | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, str]:
     """Features ``[N, D]`` (float32, on ``device``), labels ``[N]`` (int64), the items'
     ``index`` values ``[N]`` and the pooling used (``"cls"`` or ``"mean_patches"``) for every
-    item of ``data``, in order."""
+    item of ``data``, in order. ``n_last_blocks``: DINO eval_linear.py's concatenated CLS
+    of the last blocks (:func:`~densessl.evaluation.image_features.last_blocks_cls`) instead
+    of the final one."""
     loader = DataLoader(
         _Views(data, resize, crop, mean, std), batch_size=batch_size, num_workers=num_workers
     )
     feats, labels, indices, pooled = [], [], [], "cls"
     for images, target, index in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        out, pooled = image_features(extractor, images.to(device), pool)
+        if n_last_blocks is None:
+            out, pooled = image_features(extractor, images.to(device), pool)
+        else:
+            out = last_blocks_cls(extractor, images.to(device), n_last_blocks, pool)
+            _, pooled = image_features(extractor, images[:1].to(device), pool)
         feats.append(out.to(device))
         labels.append(target.to(device))
         indices.append(index)

@@ -73,6 +73,34 @@ def image_features(extractor: Any, images: Tensor, pool: str = "auto") -> tuple[
 
 
 @torch.no_grad()
+def last_blocks_cls(extractor: Any, images: Tensor, n: int = 1, pool: str = "auto") -> Tensor:
+    """DINO eval_linear.py's features: the CLS token of each of the last ``n`` blocks after
+    the final LayerNorm, concatenated ``[B, n * D]`` (``get_intermediate_layers``); without a
+    CLS token (or ``pool="mean"``) the mean of each block's normed patch tokens."""
+    vit = _timm_vit(extractor)
+    if vit is None:
+        if n != 1:
+            raise ValueError("n_last_blocks > 1 needs a ViT backbone (densessl or timm)")
+        return image_features(extractor, images, pool)[0]
+    if n > len(vit.blocks):
+        raise ValueError(f"n_last_blocks={n} but the backbone has {len(vit.blocks)} blocks")
+    use_cls = pool != "mean" and _has_cls(extractor)
+    if pool == "cls" and not use_cls:
+        raise ValueError("pool='cls' needs a ViT with a CLS token; this backbone has none")
+    outputs: list[Tensor] = []
+    hooks = [b.register_forward_hook(lambda m, a, o: outputs.append(o)) for b in vit.blocks[-n:]]
+    try:
+        extract_features(extractor, images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    prefix = int(getattr(vit, "num_prefix_tokens", 1))
+    normed = [vit.norm(o) for o in outputs]
+    parts = [t[:, 0] if use_cls else t[:, prefix:].mean(dim=1) for t in normed]
+    return torch.cat(parts, dim=-1).float()
+
+
+@torch.no_grad()
 def last_block_keys(extractor: Any, images: Tensor) -> Tensor:
     """Keys of the last attention block, ``[B, h*w, heads*head_dim]`` (float32).
 

@@ -37,6 +37,12 @@ from densessl.evaluation.linear.probe import (
     summarize_linear,
     train_linear_probe,
 )
+from densessl.evaluation.linear_classifier import (
+    LinearClassifierProtocol,
+    describe_linear_cls,
+    evaluate_linear_cls,
+    summarize_linear_cls,
+)
 from densessl.evaluation.overcluster import OverclusterProtocol, evaluate_overclustering
 from densessl.evaluation.overcluster_summary import (
     describe_overclustering,
@@ -283,5 +289,22 @@ register_protocol(
         val_splits={"voc07": "trainval", "voc12": "trainval", "coco20k": "train"},
         kind="boxes",
         aliases=("lost", "corloc"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="linear_cls",
+        description="DINO linear classifier on frozen image features (train -> val)",
+        settings=LinearClassifierProtocol,
+        run=evaluate_linear_cls,
+        describe=describe_linear_cls,
+        summarize=summarize_linear_cls,
+        source="facebookresearch/dino @7c446df, eval_linear.py",
+        help="A linear layer on the concatenated CLS tokens of the last n_last_blocks=4 "
+        "blocks (ViT-B: n_last_blocks=1 avgpool_patchtokens=true), SGD lr 0.001*batch/256, "
+        "cosine, 100 epochs; top-1 of the last and the best epoch. Trains on cached "
+        "central-crop features (the official script augments every epoch).",
+        kind="classification",
+        aliases=("linear_classifier", "linear_classification"),
     )
 )
