@@ -21,6 +21,11 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from densessl.data.boxes.coco20k import COCO20kBoxes
+from densessl.data.boxes.scene_boxes import SceneFolderBoxes, SyntheticSceneBoxes
+from densessl.data.boxes.voc import VOC07Boxes, VOC12Boxes
+from densessl.data.classification.image_folder import ImageFolder
+from densessl.data.classification.scene_labels import SceneFolderClasses, SyntheticSceneClasses
 from densessl.data.keypoints.scenes import SyntheticPairs, SyntheticPairsFolder
 from densessl.data.keypoints.spair import SPairPairs
 from densessl.data.scenes.dataset import SyntheticScenes
@@ -169,6 +174,52 @@ register_dataset(
         "ADEChallengeData2016, 150 classes",
         ADE20K,
         split_names={"train": "training", "val": "validation"},
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "scenes",
+        "synthetic scenes labelled by their dominant object class (exact): rendered on the "
+        "fly, or a `densessl scenes` folder given as --root",
+        SceneFolderClasses,
+        on_the_fly=SyntheticSceneClasses,
+        kind="classification",
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "imagenet",
+        "a class-per-folder image tree (ImageNet layout): ROOT/{train,val}/<class>/*.jpg",
+        ImageFolder,
+        kind="classification",
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "scenes",
+        "synthetic scenes with their objects' exact boxes (connected regions of each thing "
+        "class): rendered on the fly, or a `densessl scenes` folder given as --root",
+        SceneFolderBoxes,
+        on_the_fly=SyntheticSceneBoxes,
+        kind="boxes",
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "voc07", "Pascal VOC2007 detection boxes (ROOT/VOCdevkit/VOC2007)", VOC07Boxes, kind="boxes"
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "voc12", "Pascal VOC2012 detection boxes (ROOT/VOCdevkit/VOC2012)", VOC12Boxes, kind="boxes"
+    )
+)
+register_dataset(
+    DatasetRecord(
+        "coco20k",
+        "LOST's COCO-20k: 19,817 train2014 images and their boxes",
+        COCO20kBoxes,
+        kind="boxes",
     )
 )
 register_dataset(

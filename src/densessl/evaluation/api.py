@@ -22,6 +22,11 @@ protocol          what                                      splits
                   CBFE (spherical k-means, attention        labels choose the CBFE cut and
                   precision) + community detection          the CD settings; ``val`` scored
                   (Infomap / Leiden), Hungarian             (VOC: ``train``, not trainaug)
+``knn``           DINO weighted 20-NN on image features,    memory ``train``, score ``val``
+                  top-1 / top-5 (classification layouts)
+``linear_cls``    DINO linear classifier on image features  train ``train``, score ``val``
+``discovery``     LOST boxes, CorLoc (box layouts)          ``trainval`` (VOC), ``train``
+                                                            (COCO-20k), ``val`` (scenes)
 ================  ========================================  ===============================
 
 Real datasets get the papers' settings (each record's defaults; overclustering's
@@ -204,13 +209,16 @@ def evaluate(
 
     Args:
         protocol: a registered protocol (:func:`~densessl.evaluation.registry.list_protocols`:
-            ``"linear"``, ``"cluster"``, ``"retrieval"``, ``"unsupervised"``).
+            ``"linear"``, ``"cluster"``, ``"retrieval"``, ``"unsupervised"``, ``"knn"``,
+            ``"linear_cls"``, ``"discovery"``).
         backbone: a run directory, checkpoint, export, ``"timm:NAME"`` (with ``weights``),
             ``"random:ARCH"`` / ``"random:RUN_DIR"`` (see
             :func:`~densessl.evaluation.features.build_extractor`), a ``ViTBackbone`` or any
             extractor callable ``images -> patches [B, h, w, D]``.
-        dataset: a registered dataset (``"scenes"``, ``"voc"``, ``"cocostuff"``,
-            ``"cocothings"``, ``"ade20k"``).
+        dataset: a registered layout of the protocol's kind (segmentation: ``"scenes"``,
+            ``"voc"``, ``"cocostuff"``, ``"cocothings"``, ``"ade20k"``; classification:
+            ``"scenes"``, ``"imagenet"``; boxes: ``"scenes"``, ``"voc07"``, ``"voc12"``,
+            ``"coco20k"``).
         root: dataset folder (``None`` for scenes renders them on the fly).
         out: write the result as JSON here (folders are created); an existing file must be
             an earlier densessl result (replaced), anything else is refused.

@@ -30,11 +30,24 @@ from densessl.evaluation.correspondence.protocol import (
     evaluate_correspondence,
     summarize_correspondence,
 )
+from densessl.evaluation.discovery import (
+    DiscoveryProtocol,
+    describe_discovery,
+    evaluate_discovery,
+    summarize_discovery,
+)
+from densessl.evaluation.knn import KNNProtocol, describe_knn, evaluate_knn, summarize_knn
 from densessl.evaluation.linear.probe import (
     LinearProtocol,
     describe_linear,
     summarize_linear,
     train_linear_probe,
+)
+from densessl.evaluation.linear_classifier import (
+    LinearClassifierProtocol,
+    describe_linear_cls,
+    evaluate_linear_cls,
+    summarize_linear_cls,
 )
 from densessl.evaluation.overcluster import OverclusterProtocol, evaluate_overclustering
 from densessl.evaluation.overcluster_summary import (
@@ -77,7 +90,7 @@ class ProtocolRecord:
         help: tuning advice for ``densessl eval NAME --help``.
         train_split: split the protocol trains or builds a memory on (None: it uses only
             the scored split); ``train_splits`` overrides it per dataset.
-        val_split: the scored split.
+        val_split: the scored split; ``val_splits`` overrides it per dataset.
         train_options: per-dataset options of the train split (Leopart's 10 % of COCO).
         real_preset: builds the settings for real datasets from overrides (default: the
             dataclass itself).
@@ -99,6 +112,7 @@ class ProtocolRecord:
     train_split: str | None = "train"
     train_splits: Mapping[str, str] = field(default_factory=dict)
     val_split: str = "val"
+    val_splits: Mapping[str, str] = field(default_factory=dict)
     train_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     real_preset: Callable[..., Any] | None = None
     datasets: tuple[str, ...] = ()
@@ -120,9 +134,10 @@ class ProtocolRecord:
 
     def splits(self, dataset: str) -> tuple[str | None, str]:
         """``(train split or None, scored split)`` on ``dataset``."""
+        val = self.val_splits.get(dataset, self.val_split)
         if self.train_split is None:
-            return None, self.val_split
-        return self.train_splits.get(dataset, self.train_split), self.val_split
+            return None, val
+        return self.train_splits.get(dataset, self.train_split), val
 
     def resolve(
         self, dataset: str, settings: Mapping[str, Any], image_size: int | None = None
@@ -249,6 +264,60 @@ register_protocol(
         "paper, or leiden; pip install 'densessl[unsupervised]'). As in the paper, train "
         "labels choose the CBFE cut and the CD settings; the output says so.",
         aliases=("fully_unsupervised", "cbfe"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="knn",
+        description="DINO weighted k-NN classification on image features (train -> val)",
+        settings=KNNProtocol,
+        run=evaluate_knn,
+        describe=describe_knn,
+        summarize=summarize_knn,
+        source="facebookresearch/dino @7c446df, eval_knn.py",
+        help="L2-normalised CLS features (mean of patches for backbones without CLS: "
+        "pool=mean forces it); each val image takes the exp(sim/T)-weighted vote of its k "
+        "nearest train images (k=20, T=0.07); top-1/top-5. extra_neighbors=[10,100,200] "
+        "scores more k on the same features.",
+        kind="classification",
+        aliases=("knn_classification",),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="discovery",
+        description="LOST single-object discovery, CorLoc (one box per image)",
+        settings=DiscoveryProtocol,
+        run=evaluate_discovery,
+        describe=describe_discovery,
+        summarize=summarize_discovery,
+        source="valeoai/LOST @fcedbec, main_lost.py + object_discovery.py",
+        help="Last-block attention keys of each full-resolution image (padded to the patch "
+        "size); the seed is the patch with the fewest positive correlations, expanded over "
+        "the k_patches=100 lowest-degree patches; the seed's connected component gives one "
+        "box; CorLoc = share of images with IoU >= 0.5 to any GT box. features=patches for "
+        "backbones without attention keys; max_side=N shrinks large images.",
+        train_split=None,
+        val_splits={"voc07": "trainval", "voc12": "trainval", "coco20k": "train"},
+        kind="boxes",
+        aliases=("lost", "corloc"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="linear_cls",
+        description="DINO linear classifier on frozen image features (train -> val)",
+        settings=LinearClassifierProtocol,
+        run=evaluate_linear_cls,
+        describe=describe_linear_cls,
+        summarize=summarize_linear_cls,
+        source="facebookresearch/dino @7c446df, eval_linear.py",
+        help="A linear layer on the concatenated CLS tokens of the last n_last_blocks=4 "
+        "blocks (ViT-B: n_last_blocks=1 avgpool_patchtokens=true), SGD lr 0.001*batch/256, "
+        "cosine, 100 epochs; top-1 of the last and the best epoch. Trains on cached "
+        "central-crop features (the official script augments every epoch).",
+        kind="classification",
+        aliases=("linear_classifier", "linear_classification"),
     )
 )
 register_protocol(
