@@ -27,6 +27,10 @@ protocol          what                                      splits
 ``linear_cls``    DINO linear classifier on image features  train ``train``, score ``val``
 ``discovery``     LOST boxes, CorLoc (box layouts)          ``trainval`` (VOC), ``train``
                                                             (COCO-20k), ``val`` (scenes)
+``video``         DINO DAVIS-2017 label propagation, J&F    transductive on ``val`` (DAVIS
+                  (video layouts)                           ``ImageSets/2017/val.txt``)
+correspondence    Probe3D NN keypoint transfer, PCK@0.1     ``test`` (SPair-71k)
+                  by the target box (keypoint pairs)
 ================  ========================================  ===============================
 
 Real datasets get the papers' settings (each record's defaults; overclustering's
@@ -210,7 +214,7 @@ def evaluate(
     Args:
         protocol: a registered protocol (:func:`~densessl.evaluation.registry.list_protocols`:
             ``"linear"``, ``"cluster"``, ``"retrieval"``, ``"unsupervised"``, ``"knn"``,
-            ``"linear_cls"``, ``"discovery"``).
+            ``"linear_cls"``, ``"discovery"``, ``"video"``, ``"correspondence"``).
         backbone: a run directory, checkpoint, export, ``"timm:NAME"`` (with ``weights``),
             ``"random:ARCH"`` / ``"random:RUN_DIR"`` (see
             :func:`~densessl.evaluation.features.build_extractor`), a ``ViTBackbone`` or any
@@ -218,7 +222,8 @@ def evaluate(
         dataset: a registered layout of the protocol's kind (segmentation: ``"scenes"``,
             ``"voc"``, ``"cocostuff"``, ``"cocothings"``, ``"ade20k"``; classification:
             ``"scenes"``, ``"imagenet"``; boxes: ``"scenes"``, ``"voc07"``, ``"voc12"``,
-            ``"coco20k"``).
+            ``"coco20k"``; video: ``"scenes"``, ``"davis"``; keypoint pairs: ``"scenes"``,
+            ``"spair"``).
         root: dataset folder (``None`` for scenes renders them on the fly).
         out: write the result as JSON here (folders are created); an existing file must be
             an earlier densessl result (replaced), anything else is refused.
