@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -67,3 +69,14 @@ def test_spair_layout_reads_pairs_and_names_missing_files(tmp_path):
         SPairPairs(root)
     with pytest.raises(FileNotFoundError, match="PairAnnotation"):
         SPairPairs(tmp_path / "nothing")
+
+
+def test_a_broken_pair_annotation_is_named(tmp_path):
+    root = write_spair_fixture(tmp_path / "SPair-71k", pairs=1)
+    ann = next((root / "PairAnnotation" / "test").glob("*.json"))
+    ann.write_text(json.dumps({"category": "cat"}))
+    with pytest.raises(DataError, match=rf"{ann.name}.*lacks src_imname"):
+        SPairPairs(root)
+    ann.write_text("{not json")
+    with pytest.raises(DataError, match="cannot read"):
+        SPairPairs(root)

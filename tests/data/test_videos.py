@@ -60,3 +60,12 @@ def test_objects_get_occluded_in_the_default_videos():
             assert areas[0] > 0  # every object is visible in the first (given) frame
             shrink.append(float(areas.min() / areas.max()))
     assert min(shrink) < 0.5  # an object mostly hidden behind a front one at some point
+
+
+def test_colour_coded_davis_masks_are_refused(tmp_path):
+    from PIL import Image
+
+    root = write_davis_fixture(tmp_path / "DAVIS", sequences=("a",), num_frames=3, size=(48, 64))
+    Image.new("RGB", (64, 48)).save(root / "Annotations" / "480p" / "a" / "00001.png")
+    with pytest.raises(DataError, match="single-channel PNG"):
+        DAVISVideos(root)[0]
