@@ -19,6 +19,7 @@ from PIL import Image
 import densessl
 from densessl.data.keypoints.scenes import SyntheticPairs
 from densessl.evaluation.correspondence.matching import keypoint_features, predict_keypoints
+from densessl.evaluation.correspondence.oracle import CoordinateOracle, PaintedPairs
 from densessl.evaluation.correspondence.protocol import (
     CorrespondenceProtocol,
     evaluate_correspondence,
@@ -75,52 +76,10 @@ def test_centre_and_soft_argmax_options():
     assert soft[0].tolist() == pytest.approx([24.0, 40.0], abs=1e-3)
 
 
-class _CoordinateOracle:
-    """Patch feature = radial basis code of the scene position painted into the image."""
-
-    patch_size = 8
-
-    def __init__(self) -> None:
-        g = (torch.arange(12) + 0.5) / 12
-        self.centres = torch.stack(torch.meshgrid(g, g, indexing="xy"), -1).reshape(-1, 2)
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        std, mean = torch.tensor(IMAGENET_STD), torch.tensor(IMAGENET_MEAN)
-        rgb = images * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)
-        xy = F.avg_pool2d(rgb[:, :2], 8).permute(0, 2, 3, 1)  # [B, h, w, 2] in [0, 1]
-        d2 = ((xy[..., None, :] - self.centres) ** 2).sum(-1)
-        return torch.exp(-d2 / (2 * 0.03**2))
-
-
-class _PaintedPairs(torch.utils.data.Dataset):
-    def __init__(self, pairs: SyntheticPairs) -> None:
-        self.pairs = pairs
-
-    def __len__(self) -> int:
-        return len(self.pairs)
-
-    def _paint(self, box, flip, scene, size):
-        x0, y0, side = box
-        u = (torch.arange(size) + 0.5) * side / size
-        u = u.flip(0) if flip else u
-        v = (torch.arange(size) + 0.5) * side / size
-        x = ((x0 + u) / scene).view(1, -1).expand(size, size)
-        y = ((y0 + v) / scene).view(-1, 1).expand(size, size)
-        rgb = torch.stack([x, y, torch.full_like(x, 0.5)])
-        return (rgb * 255).round().to(torch.uint8)
-
-    def __getitem__(self, i):
-        item = dict(self.pairs[i])
-        views, size = item["views"], self.pairs.size
-        for key, k in (("source", 0), ("target", 1)):
-            item[key] = self._paint(views["boxes"][k], views["flips"][k], views["scene_size"], size)
-        return item
-
-
 def test_coordinate_oracle_and_random_floor_separate_on_synthetic_pairs():
     pairs = SyntheticPairs(num_pairs=8, size=96)
     p = CorrespondenceProtocol.for_scenes(image_size=96)  # predictions at cell centres
-    ceiling = evaluate_correspondence(_CoordinateOracle(), _PaintedPairs(pairs), p, progress=False)
+    ceiling = evaluate_correspondence(CoordinateOracle(), PaintedPairs(pairs), p, progress=False)
     floor = evaluate_correspondence(RandomFeatures(), pairs, p, progress=False)
     assert ceiling["pck_keypoints"] > 0.3
     assert floor["pck_keypoints"] < 0.1

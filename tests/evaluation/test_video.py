@@ -23,6 +23,7 @@ from densessl.cli import main
 from densessl.data.video.davis import DAVISVideos
 from densessl.data.video.scenes import SyntheticVideos
 from densessl.errors import ConfigError
+from densessl.evaluation.video.oracle import MaskOracle, PaintedVideos
 from densessl.evaluation.video.propagation import neighbourhood_mask, propagate_frame
 from densessl.evaluation.video.protocol import VideoProtocol, evaluate_video, frame_size
 from helpers import PatchStatsModel, RandomFeatures, write_davis_fixture
@@ -72,39 +73,10 @@ def test_window_is_square_and_topk_is_joint_over_the_context():
     assert torch.allclose(out, torch.tensor([[1.0] * 4, [0.0] * 4]))
 
 
-class _PaintedOracle:
-    """Reads the object id back from frames painted with ``PALETTE`` (one-hot per patch)."""
-
-    patch_size = 8
-    palette = torch.tensor([[0, 0, 0], [255, 0, 0], [0, 255, 0], [0, 0, 255]]).float()
-
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
-        std = torch.tensor([0.228, 0.224, 0.225]).view(1, 3, 1, 1)
-        rgb = (images * std + mean) * 255
-        dist = ((rgb[:, None] - self.palette.view(1, 4, 3, 1, 1)) ** 2).sum(2)
-        onehot = F.one_hot(dist.argmin(1), 4).permute(0, 3, 1, 2).float()
-        return F.avg_pool2d(onehot, 8).permute(0, 2, 3, 1)
-
-
-class _Painted(torch.utils.data.Dataset):
-    def __init__(self, videos):
-        self.videos = videos
-
-    def __len__(self):
-        return len(self.videos)
-
-    def __getitem__(self, i):
-        item = dict(self.videos[i])
-        painted = _PaintedOracle.palette[item["masks"].long()].permute(0, 3, 1, 2)
-        item["frames"] = painted.to(torch.uint8)
-        return item
-
-
 def test_oracle_ceiling_and_random_floor_separate_on_synthetic_videos():
     videos = SyntheticVideos(num_videos=3, num_frames=6, size=64)
     p = VideoProtocol.for_scenes(image_size=64)
-    ceiling = evaluate_video(_PaintedOracle(), _Painted(videos), p, progress=False)
+    ceiling = evaluate_video(MaskOracle(8), PaintedVideos(videos), p, progress=False)
     floor = evaluate_video(RandomFeatures(), videos, p, progress=False)
     assert ceiling["J&F-Mean"] > 0.5  # 0.58: 8x8 patches on 64 px frames, F within 1 px
     assert floor["J&F-Mean"] < 0.2  # 0.05
