@@ -55,7 +55,7 @@ def test_frame_size_floors_the_long_side_to_64():
     assert frame_size(480, 854, 480, 64) == (480, 832)  # DAVIS 480p: a 30x52 grid at 16 px
     assert frame_size(854, 480, 480, 64) == (832, 480)
     assert frame_size(480, 480, 480, 64) == (480, 448)  # as the script: 7.5 x 64 floored
-    assert frame_size(64, 64, 64, 16) == (64, 64)
+    assert frame_size(64, 64, 64, 64) == (64, 64)  # the scenes preset: multiple = side
 
 
 def test_window_is_square_and_topk_is_joint_over_the_context():

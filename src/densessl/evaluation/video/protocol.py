@@ -109,9 +109,10 @@ class VideoProtocol:
 
     @classmethod
     def for_scenes(cls, image_size: int = 96, **overrides: Any) -> VideoProtocol:
-        """CPU preset on the synthetic videos: frames kept at their size (``multiple`` 16),
-        a 4-patch window (the official 12 covers a whole 12x12 grid)."""
-        base = cls(short_side=image_size, multiple=16, neighbourhood=4, batch_size=16)
+        """CPU preset on the synthetic videos: square frames at ``image_size`` (a multiple of
+        the patch size; ``multiple = image_size`` keeps them square), a 4-patch window (the
+        official 12 covers a whole 12x12 grid)."""
+        base = cls(short_side=image_size, multiple=image_size, neighbourhood=4, batch_size=16)
         return replace(base, **overrides)
 
     @property
