@@ -533,3 +533,139 @@ def write_loca(path: Path, layout: str = "zoo", **sizes: int) -> dict:
         }
     path.write_bytes(msgpack_bytes(state))
     return teacher
+
+
+# ---------------------------------------------------------------------- toy videos (DAVIS)
+def davis_frames(num_frames: int = 6, size: tuple[int, int] = (480, 640), seed: int = 0):
+    """A tiny video in DAVIS terms: ``(frames uint8 [T, H, W, 3], masks uint8 [T, H, W])``.
+
+    A smooth random background with pixel noise, object 1 (a textured square) moving right
+    and object 2 (a disc) moving left in front of it, so 2 occludes 1 half-way. Pure numpy
+    (``default_rng(seed)``), identical on every machine.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = size
+    coarse = rng.uniform(40, 215, (h // 80 + 2, w // 80 + 2, 3))
+    yy = np.linspace(0, coarse.shape[0] - 1.001, h)
+    xx = np.linspace(0, coarse.shape[1] - 1.001, w)
+    y0, x0 = yy.astype(int), xx.astype(int)
+    fy, fx = (yy - y0)[:, None, None], (xx - x0)[None, :, None]
+    c = coarse
+    back = (
+        c[y0][:, x0] * (1 - fy) * (1 - fx)
+        + c[y0 + 1][:, x0] * fy * (1 - fx)
+        + c[y0][:, x0 + 1] * (1 - fy) * fx
+        + c[y0 + 1][:, x0 + 1] * fy * fx
+    )
+    ys, xs = np.mgrid[0:h, 0:w]
+    frames, masks = [], []
+    for t in range(num_frames):
+        img = back + rng.normal(0, 6, back.shape)
+        mask = np.zeros((h, w), np.uint8)
+        cx1, cy1 = 120 + 60 * t, h // 2 - 40
+        sq = (np.abs(xs - cx1) < 70) & (np.abs(ys - cy1) < 70)
+        stripes = ((xs + ys) // 12) % 2 == 0
+        img[sq] = np.where(stripes[sq, None], [230, 40, 40], [250, 200, 30])
+        mask[sq] = 1
+        cx2, cy2 = w - 120 - 55 * t, h // 2 + 10
+        disc = (xs - cx2) ** 2 + (ys - cy2) ** 2 < 60**2
+        dots = ((xs // 10) % 2 == 0) & ((ys // 10) % 2 == 0)
+        img[disc] = np.where(dots[disc, None], [30, 60, 220], [40, 220, 200])
+        mask[disc] = 2
+        frames.append(np.clip(img, 0, 255).astype(np.uint8))
+        masks.append(mask)
+    return np.stack(frames), np.stack(masks)
+
+
+def write_davis_fixture(
+    root: Path,
+    sequences: tuple[str, ...] = ("toy-a", "toy-b"),
+    num_frames: int = 6,
+    size: tuple[int, int] = (480, 640),
+) -> Path:
+    """DAVIS-2017 layout under ``root``: ``JPEGImages/480p/<seq>/%05d.jpg`` (PNG-coded, so
+    that every decoder reads the same pixels), palette ``Annotations/480p/<seq>/%05d.png``
+    and ``ImageSets/2017/val.txt``; sequence ``i`` is :func:`davis_frames` with seed ``i``."""
+    from PIL import Image
+
+    palette = [0, 0, 0, 128, 0, 0, 0, 128, 0] + [0] * (256 * 3 - 9)
+    for i, seq in enumerate(sequences):
+        frames, masks = davis_frames(num_frames, size, seed=i)
+        (root / "JPEGImages" / "480p" / seq).mkdir(parents=True, exist_ok=True)
+        (root / "Annotations" / "480p" / seq).mkdir(parents=True, exist_ok=True)
+        for t, (frame, mask) in enumerate(zip(frames, masks, strict=True)):
+            Image.fromarray(frame).save(root / "JPEGImages" / "480p" / seq / f"{t:05d}.jpg", "PNG")
+            label = Image.fromarray(mask, mode="P")
+            label.putpalette(palette)
+            label.save(root / "Annotations" / "480p" / seq / f"{t:05d}.png")
+    (root / "ImageSets" / "2017").mkdir(parents=True, exist_ok=True)
+    (root / "ImageSets" / "2017" / "val.txt").write_text("".join(s + "\n" for s in sequences))
+    return root
+
+
+class PatchStatsModel(torch.nn.Module):
+    """A fixed, training-free "backbone" for parity runs: per 16-px patch the mean and std
+    of each channel (6 numbers) through a seeded random 6 -> 32 map and tanh.
+
+    ``forward(images) -> [B, h, w, 32]`` is densessl's extractor contract;
+    ``get_intermediate_layers(x, n=1)`` returns ``[[B, 1 + h*w, 32]]`` with a zero CLS
+    token first, as DINO's ViT, so the official scripts can run it unchanged."""
+
+    patch_size = 16
+
+    def __init__(self, dim: int = 32, seed: int = 0) -> None:
+        super().__init__()
+        gen = torch.Generator().manual_seed(seed)
+        self.register_buffer("weight", torch.randn(6, dim, generator=gen, dtype=torch.float64))
+        self.patch_embed = type("PatchEmbed", (), {"patch_size": 16})()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.double()
+        mean = F.avg_pool2d(x, 16)
+        std = (F.avg_pool2d(x * x, 16) - mean * mean).clamp_min(0).sqrt()
+        stats = torch.cat([mean, std], 1).permute(0, 2, 3, 1)
+        return torch.tanh(stats @ self.weight).float()
+
+    def get_intermediate_layers(self, x: torch.Tensor, n: int = 1) -> list[torch.Tensor]:
+        feats = self.forward(x)
+        b, h, w, d = feats.shape
+        tokens = torch.cat([feats.new_zeros(b, 1, d), feats.reshape(b, h * w, d)], 1)
+        return [tokens]
+
+
+# ---------------------------------------------------------------------- toy keypoint pairs (SPair)
+def write_spair_fixture(root: Path, pairs: int = 2) -> Path:
+    """SPair-71k layout under ``root``: ``pairs`` pairs of category ``cat`` (48x64 images, 2
+    keypoints each, target box (5, 6, 45, 40)), listed in ``ImagePairs/test.txt``."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    (root / "JPEGImages" / "cat").mkdir(parents=True)
+    (root / "PairAnnotation" / "test").mkdir(parents=True)
+    (root / "ImagePairs").mkdir()
+    names = []
+    for i in range(pairs):
+        for stem in (f"s{i}", f"t{i}"):
+            Image.fromarray(np.full((48, 64, 3), 40 * i, np.uint8)).save(
+                root / "JPEGImages" / "cat" / f"{stem}.jpg"
+            )
+        name = f"{i:06d}-s{i}-t{i}:cat"
+        ann = {
+            "src_imname": f"s{i}.jpg",
+            "trg_imname": f"t{i}.jpg",
+            "category": "cat",
+            "src_kps": [[10, 12], [30, 20]],
+            "trg_kps": [[12, 14], [33, 25]],
+            "trg_bndbox": [5, 6, 45, 40],
+            "src_imsize": [64, 48, 3],
+            "trg_imsize": [64, 48, 3],
+            "viewpoint_variation": 1,
+        }
+        (root / "PairAnnotation" / "test" / f"{name}.json").write_text(json.dumps(ann))
+        names.append(name)
+    (root / "ImagePairs" / "test.txt").write_text("\n".join(names) + "\n")
+    return root

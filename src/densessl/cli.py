@@ -161,7 +161,7 @@ def _add_format_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _eval_options(datasets: Sequence[str]) -> argparse.ArgumentParser:
+def _eval_options(datasets: Sequence[str], kind: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--backbone", required=True, help="RUN_DIR, checkpoint, export, timm:NAME or random:..."
@@ -170,7 +170,7 @@ def _eval_options(datasets: Sequence[str]) -> argparse.ArgumentParser:
         "--dataset",
         default="scenes",
         choices=datasets,
-        help="labeled dataset (default: synthetic scenes rendered on the fly)",
+        help=f"{kind} dataset layout (default: synthetic scenes rendered on the fly)",
     )
     common.add_argument("--root", help="dataset folder (scenes: a `densessl scenes` folder)")
     common.add_argument("--out", help="write the result JSON here")
@@ -199,7 +199,6 @@ def _add_eval_parser(sub: argparse._SubParsersAction, with_protocols: bool) -> N
         p = sub.add_parser("eval", help=summary, add_help=False)
         p.set_defaults(func=None)
         return
-    from densessl.data.segmentation.registry import dataset_names
     from densessl.evaluation.registry import list_protocols
 
     records = list_protocols()
@@ -211,8 +210,8 @@ def _add_eval_parser(sub: argparse._SubParsersAction, with_protocols: bool) -> N
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     protocols = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    common = _eval_options(dataset_names())
     for name, record in records.items():
+        common = _eval_options(record.datasets, record.kind)
         q = protocols.add_parser(
             name,
             aliases=list(record.aliases),

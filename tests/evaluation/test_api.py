@@ -163,8 +163,8 @@ def test_overrides_are_coerced_and_checked():
         api._split_overrides("linear", "scenes", None, {"data.sizes": 3})
     with pytest.raises(ConfigError, match=r"invalid linear settings.*lr"):
         resolve_protocol("linear", "scenes", {"lr": -1.0})
-    with pytest.raises(ConfigError, match="unknown protocol 'knn'"):
-        evaluate("knn", backbone="random")
+    with pytest.raises(ConfigError, match="unknown protocol 'nope'"):
+        evaluate("nope", backbone="random")
     with pytest.raises(ConfigError, match="unknown dataset 'cityscapes'"):
         evaluate("linear", backbone="random", dataset="cityscapes")
 

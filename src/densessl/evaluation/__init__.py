@@ -34,5 +34,10 @@ Modules (import them directly; this package imports nothing heavy):
   CLS attention), :mod:`~densessl.evaluation.unsupervised.cbfe` (cluster-based foreground
   extraction) and :mod:`~densessl.evaluation.unsupervised.community` (co-occurrence graph,
   Infomap/Leiden).
+* :mod:`densessl.evaluation.video` (:mod:`~densessl.evaluation.video.protocol`,
+  :mod:`~densessl.evaluation.video.propagation`, :mod:`~densessl.evaluation.video.davis_metrics`):
+  DINO's DAVIS-2017 label propagation scored with DAVIS J and F.
+* :mod:`densessl.evaluation.correspondence` (:mod:`~densessl.evaluation.correspondence.protocol`,
+  :mod:`~densessl.evaluation.correspondence.matching`): SPair-71k keypoint transfer, PCK.
 * :mod:`densessl.evaluation.report`: result rows and the printed table.
 """

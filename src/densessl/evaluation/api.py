@@ -1,8 +1,10 @@
 """``densessl.evaluate(...)`` and ``densessl eval``: one protocol, one backbone, one dataset.
 
 Protocols and datasets come from their registries
-(:mod:`densessl.evaluation.registry`, :mod:`densessl.data.segmentation.registry`): each
-protocol record names its settings dataclass, its splits and the official code it follows.
+(:mod:`densessl.evaluation.registry`, :mod:`densessl.data.registry`): each protocol record
+names its settings dataclass, its splits, the kind of dataset it reads and the official
+code it follows; ``dataset`` names a layout of that kind (``scenes``: its synthetic
+counterpart).
 The built-in protocols and the splits they use:
 
 ================  ========================================  ===============================
@@ -20,6 +22,15 @@ protocol          what                                      splits
                   CBFE (spherical k-means, attention        labels choose the CBFE cut and
                   precision) + community detection          the CD settings; ``val`` scored
                   (Infomap / Leiden), Hungarian             (VOC: ``train``, not trainaug)
+``knn``           DINO weighted 20-NN on image features,    memory ``train``, score ``val``
+                  top-1 / top-5 (classification layouts)
+``linear_cls``    DINO linear classifier on image features  train ``train``, score ``val``
+``discovery``     LOST boxes, CorLoc (box layouts)          ``trainval`` (VOC), ``train``
+                                                            (COCO-20k), ``val`` (scenes)
+``video``         DINO DAVIS-2017 label propagation, J&F    transductive on ``val`` (DAVIS
+                  (video layouts)                           ``ImageSets/2017/val.txt``)
+correspondence    Probe3D NN keypoint transfer, PCK@0.1     ``test`` (SPair-71k)
+                  by the target box (keypoint pairs)
 ================  ========================================  ===============================
 
 Real datasets get the papers' settings (each record's defaults; overclustering's
@@ -44,7 +55,8 @@ from torch import nn
 
 from densessl.config.coerce import coerce_value, parse_override_items
 from densessl.config.strict_yaml import OverrideValue
-from densessl.data.segmentation.registry import get_dataset
+from densessl.data.registry import DatasetRecord
+from densessl.data.registry import get_dataset as _get_dataset
 from densessl.errors import ConfigError, brief
 from densessl.evaluation.checks import check_against_backbone, coerce_dataset_options
 from densessl.evaluation.checks import plain_hint as _plain_hint
@@ -57,9 +69,21 @@ from densessl.ops.devices import parse_device
 __all__ = ["default_splits", "evaluate", "resolve_protocol"]
 
 
+def get_dataset(protocol: str, dataset: str) -> DatasetRecord:
+    """The layout ``dataset`` of the kind that ``protocol`` reads.
+
+    Raises:
+        ConfigError: unknown protocol, or no such layout of its kind.
+    """
+    try:
+        return _get_dataset(dataset, get_protocol(protocol).kind)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+
+
 def default_splits(protocol: str, dataset: str) -> tuple[str | None, str]:
     """``(train split or None, scored split)`` of ``protocol`` on ``dataset``."""
-    return get_protocol(protocol).splits(get_dataset(dataset).name)
+    return get_protocol(protocol).splits(get_dataset(protocol, dataset).name)
 
 
 def _coerce_settings(cls: type, values: Mapping[str, Any], prefix: str) -> dict[str, Any]:
@@ -81,7 +105,7 @@ def _split_overrides(
     """Separate protocol settings from ``data.*`` dataset options; reject unknown keys."""
     cls = get_protocol(protocol).settings
     settings = set(get_protocol(protocol).setting_names())
-    data_keys = get_dataset(dataset).option_names(root)
+    data_keys = get_dataset(protocol, dataset).option_names(root)
     flat: dict[str, Any] = {}
     for key, value in values.items():
         if key == "data" and isinstance(value, Mapping):
@@ -100,7 +124,7 @@ def _split_overrides(
                 f"{', '.join(sorted(settings))}; dataset options ({dataset}): "
                 f"{', '.join('data.' + k for k in data_keys)}"
             )
-    data = coerce_dataset_options(get_dataset(dataset).dataset_class(root), data)
+    data = coerce_dataset_options(get_dataset(protocol, dataset).dataset_class(root), data)
     return _coerce_settings(cls, chosen, protocol), data
 
 
@@ -118,11 +142,12 @@ def resolve_protocol(
     Raises:
         ConfigError: a value the protocol refuses (its ``__post_init__`` checks).
     """
-    return get_protocol(protocol).resolve(get_dataset(dataset).name, settings, image_size)
+    name = get_dataset(protocol, dataset).name
+    return get_protocol(protocol).resolve(name, settings, image_size)
 
 
-def _build_dataset(dataset: str, root: Any, split: str, options: Mapping[str, Any]) -> Any:
-    record = get_dataset(dataset)
+def _build_dataset(record: DatasetRecord, root: Any, split: str, options: Mapping[str, Any]) -> Any:
+    dataset = record.name
     try:
         return record.build(root, split, **options)
     except FileNotFoundError as err:
@@ -132,8 +157,15 @@ def _build_dataset(dataset: str, root: Any, split: str, options: Mapping[str, An
         raise ConfigError(f"dataset {brief(dataset)} ({split}): {err}") from err
 
 
+def _num_classes(dataset: Any) -> int | None:
+    classes = getattr(dataset, "num_classes", None)
+    return None if classes is None else int(classes)
+
+
 def _scene_size(dataset: Any, patch_size: int | None) -> int:
-    side = int(min(dataset[0]["image"].shape[-2:]))
+    side = getattr(dataset, "image_size", None)
+    if side is None:
+        side = int(min(dataset[0]["image"].shape[-2:]))
     p = int(patch_size or 1)
     return max(p, round(side / p) * p)
 
@@ -181,13 +213,17 @@ def evaluate(
 
     Args:
         protocol: a registered protocol (:func:`~densessl.evaluation.registry.list_protocols`:
-            ``"linear"``, ``"cluster"``, ``"retrieval"``, ``"unsupervised"``).
+            ``"linear"``, ``"cluster"``, ``"retrieval"``, ``"unsupervised"``, ``"knn"``,
+            ``"linear_cls"``, ``"discovery"``, ``"video"``, ``"correspondence"``).
         backbone: a run directory, checkpoint, export, ``"timm:NAME"`` (with ``weights``),
             ``"random:ARCH"`` / ``"random:RUN_DIR"`` (see
             :func:`~densessl.evaluation.features.build_extractor`), a ``ViTBackbone`` or any
             extractor callable ``images -> patches [B, h, w, D]``.
-        dataset: a registered dataset (``"scenes"``, ``"voc"``, ``"cocostuff"``,
-            ``"cocothings"``, ``"ade20k"``).
+        dataset: a registered layout of the protocol's kind (segmentation: ``"scenes"``,
+            ``"voc"``, ``"cocostuff"``, ``"cocothings"``, ``"ade20k"``; classification:
+            ``"scenes"``, ``"imagenet"``; boxes: ``"scenes"``, ``"voc07"``, ``"voc12"``,
+            ``"coco20k"``; video: ``"scenes"``, ``"davis"``; keypoint pairs: ``"scenes"``,
+            ``"spair"``).
         root: dataset folder (``None`` for scenes renders them on the fly).
         out: write the result as JSON here (folders are created); an existing file must be
             an earlier densessl result (replaced), anything else is refused.
@@ -216,15 +252,13 @@ def evaluate(
     device = parse_device(device or default, "--device")  # cuda:7 on a CPU machine: refused
     spec = get_protocol(protocol)
     name = spec.name
-    try:
-        key = get_dataset(dataset).name
-    except ValueError as err:
-        raise ConfigError(str(err)) from err
+    layout = get_dataset(name, dataset)
+    key = layout.name
     if key not in spec.datasets:
         raise ConfigError(
             f"protocol {name!r} does not take dataset {key!r}; it takes {', '.join(spec.datasets)}"
         )
-    if get_dataset(key).needs_root and root is None:
+    if layout.needs_root and root is None:
         raise ConfigError(
             f"dataset {brief(dataset)} needs root (--root DIR): the folder holding it"
         )
@@ -244,8 +278,8 @@ def evaluate(
         train_options = {**spec.train_options.get(key, {}), **options}
     else:
         train_options = options
-    val = _build_dataset(key, root, splits[1], options)
-    train = None if splits[0] is None else _build_dataset(key, root, splits[0], train_options)
+    val = _build_dataset(layout, root, splits[1], options)
+    train = None if splits[0] is None else _build_dataset(layout, root, splits[0], train_options)
 
     resolve_protocol(name, key, settings)  # bad values fail before the backbone loads
     load = {"arch": arch, "patch_size": patch_size, "which": which}
@@ -273,8 +307,9 @@ def evaluate(
             "val_split": splits[1],
             "num_train": None if train is None else len(train),
             "num_val": len(val),
-            "num_classes": int(val.num_classes),
-            "class_names": list(val.class_names),
+            "kind": layout.kind,
+            "num_classes": _num_classes(val),
+            "class_names": list(getattr(val, "class_names", [])),
             "options": jsonable(options),
         },
         "results": results,

@@ -22,13 +22,32 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from densessl.data.segmentation.registry import dataset_names
+from densessl.data.registry import KINDS, dataset_names
 from densessl.errors import ConfigError, brief
+from densessl.evaluation.correspondence.protocol import (
+    CorrespondenceProtocol,
+    describe_correspondence,
+    evaluate_correspondence,
+    summarize_correspondence,
+)
+from densessl.evaluation.discovery import (
+    DiscoveryProtocol,
+    describe_discovery,
+    evaluate_discovery,
+    summarize_discovery,
+)
+from densessl.evaluation.knn import KNNProtocol, describe_knn, evaluate_knn, summarize_knn
 from densessl.evaluation.linear.probe import (
     LinearProtocol,
     describe_linear,
     summarize_linear,
     train_linear_probe,
+)
+from densessl.evaluation.linear_classifier import (
+    LinearClassifierProtocol,
+    describe_linear_cls,
+    evaluate_linear_cls,
+    summarize_linear_cls,
 )
 from densessl.evaluation.overcluster import OverclusterProtocol, evaluate_overclustering
 from densessl.evaluation.overcluster_summary import (
@@ -42,6 +61,12 @@ from densessl.evaluation.unsupervised.settings import (
     UnsupervisedProtocol,
     describe_unsupervised,
     summarize_unsupervised,
+)
+from densessl.evaluation.video.protocol import (
+    VideoProtocol,
+    describe_video,
+    evaluate_video,
+    summarize_video,
 )
 
 Runner = Callable[..., dict[str, Any]]
@@ -65,11 +90,14 @@ class ProtocolRecord:
         help: tuning advice for ``densessl eval NAME --help``.
         train_split: split the protocol trains or builds a memory on (None: it uses only
             the scored split); ``train_splits`` overrides it per dataset.
-        val_split: the scored split.
+        val_split: the scored split; ``val_splits`` overrides it per dataset.
         train_options: per-dataset options of the train split (Leopart's 10 % of COCO).
         real_preset: builds the settings for real datasets from overrides (default: the
             dataclass itself).
-        datasets: the dataset layouts it accepts (default: every registered one).
+        kind: the kind of dataset it reads (:data:`densessl.data.registry.KINDS`:
+            ``segmentation``, ``classification``, ``boxes``, ``video``, ``keypoint_pairs``);
+            ``--dataset`` names a layout of that kind, ``scenes`` its synthetic counterpart.
+        datasets: the layouts of ``kind`` it accepts (default: every registered one).
         aliases: other names accepted for it.
     """
 
@@ -84,10 +112,21 @@ class ProtocolRecord:
     train_split: str | None = "train"
     train_splits: Mapping[str, str] = field(default_factory=dict)
     val_split: str = "val"
+    val_splits: Mapping[str, str] = field(default_factory=dict)
     train_options: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     real_preset: Callable[..., Any] | None = None
-    datasets: tuple[str, ...] = field(default_factory=dataset_names)
+    datasets: tuple[str, ...] = ()
     aliases: tuple[str, ...] = ()
+    kind: str = "segmentation"
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"protocol {self.name!r}: kind {self.kind!r} not in {list(KINDS)}")
+        if not self.datasets:
+            object.__setattr__(self, "datasets", dataset_names(self.kind))
+        unknown = sorted(set(self.datasets) - set(dataset_names(self.kind)))
+        if unknown:
+            raise ValueError(f"protocol {self.name!r}: no {self.kind} datasets {unknown}")
 
     def setting_names(self) -> list[str]:
         """The ``key=value`` settings this protocol takes (the dataclass's fields)."""
@@ -95,9 +134,10 @@ class ProtocolRecord:
 
     def splits(self, dataset: str) -> tuple[str | None, str]:
         """``(train split or None, scored split)`` on ``dataset``."""
+        val = self.val_splits.get(dataset, self.val_split)
         if self.train_split is None:
-            return None, self.val_split
-        return self.train_splits.get(dataset, self.train_split), self.val_split
+            return None, val
+        return self.train_splits.get(dataset, self.train_split), val
 
     def resolve(
         self, dataset: str, settings: Mapping[str, Any], image_size: int | None = None
@@ -224,5 +264,105 @@ register_protocol(
         "paper, or leiden; pip install 'densessl[unsupervised]'). As in the paper, train "
         "labels choose the CBFE cut and the CD settings; the output says so.",
         aliases=("fully_unsupervised", "cbfe"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="knn",
+        description="DINO weighted k-NN classification on image features (train -> val)",
+        settings=KNNProtocol,
+        run=evaluate_knn,
+        describe=describe_knn,
+        summarize=summarize_knn,
+        source="facebookresearch/dino @7c446df, eval_knn.py",
+        help="L2-normalised CLS features (mean of patches for backbones without CLS: "
+        "pool=mean forces it); each val image takes the exp(sim/T)-weighted vote of its k "
+        "nearest train images (k=20, T=0.07); top-1/top-5. extra_neighbors=[10,100,200] "
+        "scores more k on the same features.",
+        kind="classification",
+        aliases=("knn_classification",),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="discovery",
+        description="LOST single-object discovery, CorLoc (one box per image)",
+        settings=DiscoveryProtocol,
+        run=evaluate_discovery,
+        describe=describe_discovery,
+        summarize=summarize_discovery,
+        source="valeoai/LOST @fcedbec, main_lost.py + object_discovery.py",
+        help="Last-block attention keys of each full-resolution image (padded to the patch "
+        "size); the seed is the patch with the fewest positive correlations, expanded over "
+        "the k_patches=100 lowest-degree patches; the seed's connected component gives one "
+        "box; CorLoc = share of images with IoU >= 0.5 to any GT box. features=patches for "
+        "backbones without attention keys; max_side=N shrinks large images.",
+        train_split=None,
+        val_splits={"voc07": "trainval", "voc12": "trainval", "coco20k": "train"},
+        kind="boxes",
+        aliases=("lost", "corloc"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="linear_cls",
+        description="DINO linear classifier on frozen image features (train -> val)",
+        settings=LinearClassifierProtocol,
+        run=evaluate_linear_cls,
+        describe=describe_linear_cls,
+        summarize=summarize_linear_cls,
+        source="facebookresearch/dino @7c446df, eval_linear.py",
+        help="A linear layer on the concatenated CLS tokens of the last n_last_blocks=4 "
+        "blocks (ViT-B: n_last_blocks=1 avgpool_patchtokens=true), SGD lr 0.001*batch/256, "
+        "cosine, 100 epochs; top-1 of the last and the best epoch. Trains on cached "
+        "central-crop features (the official script augments every epoch).",
+        kind="classification",
+        aliases=("linear_classifier", "linear_classification"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="video",
+        description="DAVIS-2017 semi-supervised label propagation (DINO), J&F-Mean",
+        settings=VideoProtocol,
+        run=_transductive(evaluate_video),
+        describe=describe_video,
+        summarize=summarize_video,
+        source="facebookresearch/dino @7c446df, eval_video_segmentation.py; scored as "
+        "davisvideochallenge/davis2017-evaluation @ac7c43f, evaluation_method.py "
+        "--task semi-supervised",
+        help="The first frame's mask is propagated by patch-feature affinities: context = "
+        "first frame + n_last_frames=7 previous, exp(cos/0.1), top-5, a 12-patch window; "
+        "frames at 480 px short side (long side floored to x64); J (IoU) and F (boundary, "
+        "tolerance 0.008 of the diagonal) per object, objects pooled. std_typo=true (the "
+        "default) normalises with DINO's 0.228 as the published numbers; neighbourhood=0 "
+        "drops the window. Memory: one sequence's features at a time.",
+        train_split=None,
+        kind="video",
+        aliases=("davis", "label-propagation"),
+    )
+)
+register_protocol(
+    ProtocolRecord(
+        name="correspondence",
+        description="SPair-71k keypoint correspondence by nearest-neighbour patch features, "
+        "PCK@0.1 by the target box",
+        settings=CorrespondenceProtocol,
+        run=_transductive(evaluate_correspondence),
+        describe=describe_correspondence,
+        summarize=summarize_correspondence,
+        source="mbanani/probe3d @a1f1464, evaluate_spair_correspondence.py (pairs, split "
+        "and box from the SPair-71k toolkit, Min et al. 2019)",
+        help="Each source keypoint's feature (bilinear on the patch grid) is matched to the "
+        "most similar target patch; correct when closer than alpha=0.1 x the target box's "
+        "max side. Images padded to a white square and resized to image_size=800 (a "
+        "multiple of the patch size: 798/812 for patch 14). pck = mean over categories "
+        "(Probe3D), pck_keypoints = all keypoints pooled. predict_at=centre, "
+        "align_corners=false or soft_argmax=true change Probe3D's matching conventions; "
+        "pairs_per_category=200 scores a seeded subset as Probe3D's sampling.",
+        train_split=None,
+        val_split="test",
+        kind="keypoint_pairs",
+        aliases=("spair", "keypoints"),
     )
 )

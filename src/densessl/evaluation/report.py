@@ -42,7 +42,9 @@ def describe_protocol(protocol: str, p: Any) -> str:
 
 
 def summarize(protocol: str, p: Any, results: dict[str, Any]) -> list[dict[str, Any]]:
-    """Headline rows of a result: ``{"result", "miou", "std", "matching", "protocol"}``."""
+    """Headline rows of a result: ``{"result", "miou", "std", "matching", "protocol"}``
+    (``miou`` holds the protocol's headline number; an optional ``metric`` names it for the
+    table's header when it is not mIoU, e.g. ``"top-1"`` or ``"CorLoc"``)."""
     record = get_protocol(protocol)
     words = record.describe(p)
     return [{**row, "protocol": words} for row in record.summarize(p, results)]
@@ -59,13 +61,14 @@ def format_table(record: dict[str, Any]) -> str:
     if data.get("train_split"):
         split = f"{data['train_split']} {data['num_train']} -> {split}"
     backbone = record["backbone"].get("description") or record["backbone"].get("kind")
+    classes = "" if data.get("num_classes") is None else f", {data['num_classes']} classes"
     lines = [
-        f"densessl eval {record['protocol']} | {data['name']} ({split} images, "
-        f"{data['num_classes']} classes) | {record.get('seconds', 0):.0f} s on "
-        f"{record.get('device', '?')}",
+        f"densessl eval {record['protocol']} | {data['name']} ({split} images{classes}) | "
+        f"{record.get('seconds', 0):.0f} s on {record.get('device', '?')}",
         f"backbone: {backbone}",
     ]
-    header = ("result", "mIoU %", "± std", "matching", "protocol")
+    metric = record["summary"][0].get("metric", "mIoU") if record["summary"] else "mIoU"
+    header = ("result", f"{metric} %", "± std", "matching", "protocol")
     rows = [
         (r["result"], _pct(r["miou"]), _pct(r["std"]), r["matching"], r["protocol"])
         for r in record["summary"]

@@ -1,0 +1,1 @@
+"""Image classification layouts (kind ``classification`` of :mod:`densessl.data.registry`)."""
