@@ -58,3 +58,18 @@ def test_knn_on_an_imagenet_tree(tmp_path):
                    progress=False, resize=32, crop=32)  # fmt: skip
     assert out["dataset"]["num_val"] == 4 and out["results"]["num_train"] == 6
     assert out["settings"]["temperature"] == 0.07 and out["settings"]["num_neighbors"] == 20
+
+
+def test_a_written_scenes_folder_gives_the_same_labels_and_boxes(tmp_path):
+    from densessl.data.boxes.scene_boxes import SceneFolderBoxes, SyntheticSceneBoxes
+    from densessl.data.classification.scene_labels import SceneFolderClasses
+    from densessl.data.scenes.dataset import write_scenes
+
+    write_scenes(tmp_path / "s", 10, 64, 0, val_fraction=0.5, progress=False)
+    folder = SceneFolderClasses(tmp_path / "s", "val")
+    rendered = SyntheticSceneClasses("val", 10, 64, val_fraction=0.5)
+    assert [label for _, label in folder.items] == [label for _, label in rendered.items]
+    assert folder.class_names == rendered.class_names
+    boxes = SceneFolderBoxes(tmp_path / "s", "val")
+    same = SyntheticSceneBoxes("val", 10, 64, val_fraction=0.5)
+    assert [b.tolist() for _, b in boxes.items] == [b.tolist() for _, b in same.items]

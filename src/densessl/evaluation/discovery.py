@@ -63,8 +63,8 @@ class DiscoveryProtocol:
     iou_threshold: float = 0.5
     max_side: int | None = None
     batch_size: int = 1
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]

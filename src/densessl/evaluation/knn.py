@@ -65,8 +65,8 @@ class KNNProtocol:
     pool: str = "auto"
     batch_size: int = 128
     chunk_size: int = 1000
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     num_workers: int = 0
 
     def __post_init__(self) -> None:

@@ -67,8 +67,8 @@ class LinearClassifierProtocol:
     crop: int = 224
     pool: str = "auto"
     seed: int = 0
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
 
     def __post_init__(self) -> None:
         self.mean = tuple(float(v) for v in self.mean)  # type: ignore[assignment]
