@@ -18,9 +18,11 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from densessl.evaluation.preprocess import extract_features
+from densessl.models.cls_attention import query_key_weights
 from densessl.models.vit import ViTBackbone
 
 POOLS = ("auto", "cls", "mean")
@@ -104,10 +106,13 @@ def last_blocks_cls(extractor: Any, images: Tensor, n: int = 1, pool: str = "aut
 def last_block_keys(extractor: Any, images: Tensor) -> Tensor:
     """Keys of the last attention block, ``[B, h*w, heads*head_dim]`` (float32).
 
-    A forward hook on ``blocks[-1].attn.qkv`` captures its output ``[B, N, 3 * D]`` (tokens
-    in order: prefix tokens, then patches row-major); the key third of it, heads in order,
-    minus the prefix tokens, is returned. The extractor runs as usual, so any position
-    embedding rule of the backbone applies.
+    A forward hook on ``blocks[-1].norm1`` captures the block's normed input ``[B, N, D]``
+    (prefix tokens, then patches row-major); its key projection (timm's fused ``qkv`` with its
+    bias, or an ``Eva`` block's ``qkv`` + ``k_bias`` / ``k_proj``), heads in order, minus the
+    prefix tokens, is returned: for DINO's ViT exactly the key third of LOST's hook on
+    ``attn.qkv``. Rotary embeddings (``dinov3``) are not applied: the keys are the content
+    part LOST compares, not the position-rotated ones. The extractor runs as usual, so any
+    position embedding rule of the backbone applies.
 
     Raises:
         ValueError: the extractor wraps no timm ViT (a plain callable has no keys).
@@ -115,15 +120,14 @@ def last_block_keys(extractor: Any, images: Tensor) -> Tensor:
     vit = _timm_vit(extractor)
     if vit is None:
         raise ValueError("attention keys need a ViT backbone (densessl or timm), not a callable")
+    block = vit.blocks[-1]
     captured: list[Tensor] = []
-    handle = vit.blocks[-1].attn.qkv.register_forward_hook(
-        lambda module, args, out: captured.append(out)
-    )
+    handle = block.norm1.register_forward_hook(lambda module, args, out: captured.append(out))
     try:
         extract_features(extractor, images)
     finally:
         handle.remove()
-    qkv = captured[-1]
-    dim = qkv.shape[-1] // 3
+    _, _, w_k, b_k = query_key_weights(block.attn)
+    keys = F.linear(captured[-1], w_k, b_k)
     prefix = int(getattr(vit, "num_prefix_tokens", 1))
-    return qkv[:, prefix:, dim : 2 * dim].float()
+    return keys[:, prefix:].float()

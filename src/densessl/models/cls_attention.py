@@ -19,10 +19,10 @@ import torch.nn.functional as F
 from timm.layers import apply_rot_embed_cat
 from torch import Tensor, nn
 
-__all__ = ["cls_attention"]
+__all__ = ["cls_attention", "query_key_weights"]
 
 
-def _query_key_weights(attn: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
+def query_key_weights(attn: nn.Module) -> tuple[Tensor, Tensor | None, Tensor, Tensor | None]:
     """``(w_q, b_q, w_k, b_k)`` of a timm ViT ``Attention`` or ``EvaAttention``."""
     qkv = getattr(attn, "qkv", None)
     if qkv is not None:
@@ -54,7 +54,7 @@ def cls_attention(block: nn.Module, x: Tensor, rope: Tensor | None, num_prefix: 
     y = block.norm1(x)
     batch, num_tokens, _ = y.shape
     heads, head_dim = attn.num_heads, attn.head_dim
-    w_q, b_q, w_k, b_k = _query_key_weights(attn)
+    w_q, b_q, w_k, b_k = query_key_weights(attn)
     q = F.linear(y[:, :1], w_q, b_q).reshape(batch, 1, heads, head_dim).transpose(1, 2)
     k = F.linear(y, w_k, b_k).reshape(batch, num_tokens, heads, head_dim).transpose(1, 2)
     q, k = attn.q_norm(q), attn.k_norm(k)
