@@ -45,6 +45,15 @@ REFERENCE_ROWS = ("onehot-pixel", "onehot-patch", "random", "supervised")
 METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
 
 
+#: The image-level and video columns at full size: their synthetic counterparts' defaults.
+IMAGE_LEVEL: dict[str, dict[str, Any]] = {
+    "knn": {},
+    "discovery": {},
+    "video": {"data": {"num_videos": 6, "num_frames": 8}},
+    "correspondence": {"data": {"num_pairs": 24}},
+}
+
+
 @dataclass(frozen=True)
 class Budget:
     """What every row shares. ``pretrain_overrides`` apply to every method's tiny preset."""
@@ -64,6 +73,8 @@ class Budget:
     linear: dict[str, Any] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
     retrieval: dict[str, Any] = field(default_factory=dict)
+    #: protocol → {"data": dataset options, "settings": overrides} (``quality_columns.py``)
+    image_level: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(IMAGE_LEVEL))
     pretrain_overrides: tuple[str, ...] = ()
 
     def shared_overrides(self, seed: int) -> list[str]:
@@ -102,6 +113,12 @@ QUICK = Budget(
     linear={"epochs": 2, "lr_step_epoch": 1},
     cluster={"seeds": [0], "n_init": 1, "iters": 5},
     retrieval={"memory_size": 2000},
+    image_level={
+        "knn": {},
+        "discovery": {},
+        "video": {"data": {"num_videos": 2, "num_frames": 4, "size": 64}},
+        "correspondence": {"data": {"num_pairs": 4, "size": 64}},
+    },
 )
 
 

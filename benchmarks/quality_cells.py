@@ -73,7 +73,7 @@ def _method_config(row: str, seed: int, budget: Any) -> Any:
 
 def _eval_spec(budget: Any) -> dict[str, Any]:
     keys = ("eval_scenes", "eval_seed", "scenes_size", "scenes_class_set")
-    keys += ("linear", "cluster", "retrieval")
+    keys += ("linear", "cluster", "retrieval", "image_level")
     return {k: getattr(budget, k) for k in keys}
 
 
@@ -191,7 +191,8 @@ def _with_extractor(spec: dict, backbone: Any, datasets: dict, training: dict) -
 
 
 def evaluate_backbone(extractor: Any, datasets: dict[str, Any], budget: Any) -> dict[str, Any]:
-    """Linear probe (+ overclustering and retrieval unless the extractor is an oracle)."""
+    """Linear probe (+ overclustering, retrieval and the image-level and video columns of
+    ``quality_columns.py`` unless the extractor is an oracle)."""
     from densessl.evaluation.api import resolve_protocol
     from densessl.evaluation.linear.probe import train_linear_probe
     from densessl.evaluation.overcluster import evaluate_overclustering
@@ -221,6 +222,11 @@ def evaluate_backbone(extractor: Any, datasets: dict[str, Any], budget: Any) -> 
         out = evaluate_retrieval(extractor, train, val, retrieval, progress=False)
         results["retrieval"] = 100 * out["miou_no_matching"]
         summary["retrieval"] = summarize("retrieval", retrieval, jsonable(out))
+        from quality_columns import evaluate_image_level
+
+        more, rows = evaluate_image_level(extractor, budget)
+        results.update(more)
+        summary.update(rows)
     return {
         "results": results,
         "summary": summary,

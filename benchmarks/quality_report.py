@@ -23,6 +23,10 @@ COLUMNS = (
     ("cluster_C", "K=C Hungarian"),
     ("cluster_4C", "K=4C many-to-one"),
     ("retrieval", "retrieval"),
+    ("knn", "k-NN top-1"),
+    ("discovery", "CorLoc"),
+    ("video", "video J&F"),
+    ("correspondence", "PCK@0.1"),
 )
 LABELS = {
     "onehot-pixel": "one-hot labels, pixel cells (evaluator sanity)",
@@ -246,7 +250,10 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
             "PCA-50, k-means, 3 seeds; K = C Hungarian, K = 4C many-to-one), dense retrieval "
             "(train memory → val, no matching). Overrides: "
             f"linear {budget.linear or 'none'}, cluster {budget.cluster or 'none'}, "
-            f"retrieval {budget.retrieval or 'none'}.",
+            f"retrieval {budget.retrieval or 'none'}. Image-level and video columns "
+            "(quality_columns.py, their scenes presets): k-NN top-1 on dominant-object labels, "
+            "LOST CorLoc on the exact object boxes, DAVIS-style J&F on synthetic videos, "
+            f"PCK@0.1 on view pairs; data {budget.image_level}.",
             f"- Hardware: {hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} "
             f"threads, {hardware.get('device', '?')}, autocast {hardware.get('dtype', '?')}, "
             f"torch {hardware.get('torch', '?')}.",

@@ -1,0 +1,54 @@
+"""The image-level and video columns of the quality benchmark (see ``quality.py``).
+
+Each protocol of ``Budget.image_level`` runs on its synthetic counterpart, built by the data
+registry for the protocol's kind (:mod:`densessl.data.registry`): ``knn`` on scenes labelled
+by their dominant object, ``discovery`` (LOST CorLoc) on the scenes' exact object boxes,
+``video`` (DAVIS-style label propagation, J&F) on short videos of moving scene objects and
+``correspondence`` (SPair-style PCK@0.1) on view pairs with exact keypoints. Scene-level data
+use the segmentation columns' ``eval_seed``, size and class set, so one trained backbone is
+scored on the same rendered world. The headline of each column is the protocol's first
+summary row (top-1, CorLoc, J&F-Mean, PCK), in percent.
+
+The label-painted oracle rows (``onehot-*``) are segmentation ceilings only and skip these
+columns; the ``supervised`` row is their ceiling, ``random`` their floor.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: Scene-level kinds take the segmentation columns' world; the others their own generators.
+SCENE_LEVEL_KINDS = ("classification", "boxes")
+
+
+def _dataset_options(kind: str, data: dict[str, Any], budget: Any) -> dict[str, Any]:
+    options = {"seed": budget.eval_seed, "size": budget.scenes_size, **data}
+    if kind in SCENE_LEVEL_KINDS:
+        options.setdefault("num_images", budget.eval_scenes)
+        options.setdefault("class_set", budget.scenes_class_set)
+    return options
+
+
+def evaluate_image_level(extractor: Any, budget: Any) -> tuple[dict[str, float], dict[str, Any]]:
+    """``(results {protocol: headline %}, summary {protocol: rows})`` of every column."""
+    from densessl.data.registry import build_dataset
+    from densessl.evaluation.api import resolve_protocol
+    from densessl.evaluation.registry import get_protocol
+    from densessl.evaluation.report import jsonable
+
+    results: dict[str, float] = {}
+    summary: dict[str, Any] = {}
+    for name, spec in budget.image_level.items():
+        record = get_protocol(name)
+        settings = resolve_protocol(name, "scenes", spec.get("settings", {}), budget.scenes_size)
+        options = _dataset_options(record.kind, dict(spec.get("data", {})), budget)
+        train_split, val_split = record.splits("scenes")
+        train = None
+        if train_split is not None:
+            train = build_dataset("scenes", None, train_split, record.kind, **options)
+        val = build_dataset("scenes", None, val_split, record.kind, **options)
+        out = jsonable(record.run(extractor, train, val, settings, progress=False))
+        rows = record.summarize(settings, out)
+        results[name] = 100 * rows[0]["miou"]
+        summary[name] = rows
+    return results, summary
