@@ -49,8 +49,9 @@ __all__ = [
 ]
 
 SOURCES_HELP = (
-    "a densessl run directory, a checkpoint file (densessl, DINO, SelfPatch, Leopart, LOCA, "
-    "FLSL), an exported backbone (folder or .safetensors with meta.json), timm:NAME (with "
+    "a densessl run directory, a checkpoint file (densessl, DINO, DINOv2, DINOv3, SelfPatch, "
+    "Leopart, LOCA, FLSL, or a timm-layout .pth/.safetensors), an exported backbone "
+    "(folder or .safetensors with meta.json), timm:NAME (with "
     "weights=FILE) or random:ARCH / random:RUN_DIR"
 )
 
