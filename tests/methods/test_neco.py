@@ -283,7 +283,8 @@ def test_tiny_preset_learns_on_scenes(tmp_path, single_thread):
 
 def test_resume_is_exact(tmp_path, single_thread):
     """Stopping after 2 steps and resuming gives the straight 4-step run bit for bit (the
-    references are keyed by sample, the teacher-lag snapshot lives within a step)."""
+    references and the queue picks are keyed by sample, the smoke preset's queue is in the
+    checkpoint, the teacher-lag snapshot lives within a step)."""
     cfg = run_config("neco", *CPU, "optim.steps=4", "train.log_every=1", preset="smoke")
     Trainer(cfg, tmp_path / "straight").fit()
     Trainer(cfg, tmp_path / "resumed").fit(stop_at=2)

@@ -12,9 +12,11 @@ c (global crop), before the loss of each step:
    b's ``o²`` references are rows ``b·o² … (b+1)·o² − 1`` of ``queue[c][index]``.
 
 ``E`` is the official ``entries_in_queue``: **one counter shared by both crops**, grown by n
-at each crop's push, so it runs twice as fast as each queue fills; until the queues are full
-(``length / (2n)`` steps: 7 at B = 64) part of ``[0, E)`` points at rows no push reached yet,
-which are all zero (cosine similarity 0 to every query), and the modulo repeats rows.
+at each crop's push, so it runs twice as fast as each queue fills (it reaches ``length``
+after ``length / (2n)`` steps, the queues after ``length / n``: 7 and 13 at B = 64); until
+the queues are full part of ``[0, E)`` points at rows no push reached yet, which are all zero
+(cosine similarity 0 to every query: about half the references at first), and the modulo
+repeats rows.
 ``draw="official"`` (the default, like every NeCo default here: it is what trained the
 published models; it touches the first ~0.03 % of the DINOv2-R schedule) reproduces this;
 ``draw="filled"`` draws only among the rows ``queue[c]`` holds, distinct while it holds at
