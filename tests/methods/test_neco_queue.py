@@ -186,6 +186,7 @@ def test_dinov2_preset_follows_neco_dinov2r():
     )  # fmt: skip
     assert (p.queue_length, p.queue_rows_per_image, p.queue_draw) == (8192, 10, "official")
     assert (p.roi_align_size, p.student_steepness, p.similarity) == (7, 100.0, "cosine")
+    assert run_config("neco", preset="paper").params.queue_length == 0  # neco_dino.yml: none
 
 
 def test_dinov2_preset_post_trains_from_an_official_dinov2r_file(tmp_path, single_thread):
