@@ -6,14 +6,15 @@ Pinned values come from the official code, vpariza/NeCo @3932160 (``src/neco.py`
 in ``experiments/configs/models/small/neco_dino.yml``; ``src/neco_transforms.py``
 ``NeCoTransforms.calculate_bboxes`` for its crop-frame boxes; sorting by PyPI
 ``diffsort==0.2.0``), run once on CPU (torch 2.14.1, torchvision 0.29.1) from a scratch folder
-on the inputs below, with ``torch.manual_seed(0)`` before the loss (its reference shuffles);
-its code is not part of this repository.
+on the inputs of ``tests/methods/neco_inputs.py``, with ``torch.manual_seed(0)`` before the
+loss (its reference shuffles); its code is not part of this repository.
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from neco_inputs import BOXES, GLOBAL, LOCAL, PATCH, B, grids, rows
 
 from densessl.errors import ConfigError
 from densessl.methods.base import StepInfo
@@ -26,16 +27,7 @@ from helpers import CPU, VIT_2X64, build_method, run_config, scenes, view_batch
 SMALL = [*scenes(64, 4), *CPU, *VIT_2X64, "neco.projection_dim=16", "neco.hidden_dim=32"]
 INFO = StepInfo(step=0, total_steps=10, steps_per_epoch=5)
 
-# -------------------------------------------------------- the official code's inputs
-B, D, GLOBAL, LOCAL, PATCH = 2, 6, 32, 16, 8  # 4x4 global and 2x2 local token grids
-#: Crop boxes (x1, y1, x2, y2) in a 64 px image, per image: 2 global then 2 local crops.
-BOXES = torch.tensor(
-    [
-        [[0, 0, 48, 40], [10, 6, 60, 56], [20, 10, 40, 30], [4, 20, 24, 44]],
-        [[8, 4, 64, 60], [0, 10, 40, 50], [30, 30, 50, 50], [12, 8, 28, 28]],
-    ],
-    dtype=torch.float32,
-)
+# ------------------------------- the official code's outputs on tests/methods/neco_inputs.py
 #: Official ``knn_loss`` (cosine, bitonic, steepness 100/100) for roi_align_kernel_size o:
 #: loss, Σ|∂L/∂student| over the global and the local rows, and the first rows of each.
 PINNED = {
@@ -124,25 +116,13 @@ PINNED = {
 }
 
 
-def _rows(rows: int, offset: float) -> torch.Tensor:
-    """Deterministic embeddings ``[rows, D]`` (no RNG), the official layout's rows."""
-    i = torch.arange(rows * D, dtype=torch.float64).reshape(rows, D)
-    return (torch.sin(0.37 * i + offset) + 0.5 * torch.cos(1.3 * i * (offset + 1))).float()
-
-
-def _grids(rows: torch.Tensor, views: int, side: int) -> list[torch.Tensor]:
-    """Official rows (view-major, image, row-major tokens) → per view ``[B, D, side, side]``."""
-    per_view = rows.reshape(views, B, side, side, D)
-    return [per_view[v].permute(0, 3, 1, 2) for v in range(views)]
-
-
 @pytest.mark.parametrize("size", [3, 7])
 def test_loss_and_gradients_match_official_code(size, single_thread):
     g, l = GLOBAL // PATCH, LOCAL // PATCH
-    teacher = _grids(_rows(2 * B * g * g, 0.1), 2, g)
-    student_g = _rows(2 * B * g * g, 0.7).requires_grad_()
-    student_l = _rows(2 * B * l * l, 1.9).requires_grad_()
-    student = _grids(student_g, 2, g) + _grids(student_l, 2, l)
+    teacher = grids(rows(2 * B * g * g, 0.1), 2, g)
+    student_g = rows(2 * B * g * g, 0.7).requires_grad_()
+    student_l = rows(2 * B * l * l, 1.9).requires_grad_()
+    student = grids(student_g, 2, g) + grids(student_l, 2, l)
     torch.manual_seed(0)  # the references: one torch.randperm per crop pair, as the code
     loss = NeCoLoss(size)(teacher, student, BOXES)
     loss.backward()
@@ -303,7 +283,8 @@ def test_tiny_preset_learns_on_scenes(tmp_path, single_thread):
 
 def test_resume_is_exact(tmp_path, single_thread):
     """Stopping after 2 steps and resuming gives the straight 4-step run bit for bit (the
-    references are keyed by sample, the teacher-lag snapshot lives within a step)."""
+    references and the queue picks are keyed by sample, the smoke preset's queue is in the
+    checkpoint, the teacher-lag snapshot lives within a step)."""
     cfg = run_config("neco", *CPU, "optim.steps=4", "train.log_every=1", preset="smoke")
     Trainer(cfg, tmp_path / "straight").fit()
     Trainer(cfg, tmp_path / "resumed").fit(stop_at=2)

@@ -5,7 +5,8 @@ trainer (DDP, the distributed sampler, the all-reduces inside centres, Sinkhorn,
 FLSL's regulariser, sample-keyed randomness); the same configs then train in this process
 with the whole batch. Losses (logged as the mean over processes) and every parameter and
 buffer of the final checkpoint must agree to float tolerance. Registering a method enrols
-it here, with its ``smoke`` preset, on a small variant of each backbone family.
+it here, with its ``smoke`` preset, on a small variant of each backbone family; ``VARIANTS``
+add runs with overrides for paths a smoke preset does not take.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from densessl.config.schema import RunConfig
 from densessl.methods.base import list_methods
 from densessl.train.trainer import Trainer
 from helpers import BACKBONE_FAMILIES, CPU, VIT_1X32, family_overrides, run_config
@@ -41,12 +43,17 @@ COMMON = [
 
 #: ``(method, backbone family)`` runs: every method on every family.
 CASES = [(m, f) for m in sorted(list_methods()) for f in BACKBONE_FAMILIES]
+#: Further runs (plain ViT) of a method's smoke preset with overrides, for code paths the
+#: preset itself does not take: run name -> (method, overrides).
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "neco-batch-references": ("neco", ["neco.queue_length=0"]),  # smoke uses the queue
+}
 
 
-def _config(method: str, per_process_batch: int, family: str = "vit"):
-    extra = family_overrides(method, family)
+def _config(method: str, per_process_batch: int, family: str = "vit", extra: tuple = ()):
+    overrides = [*family_overrides(method, family), *extra]
     batch = f"data.batch_size={per_process_batch}"
-    return run_config(method, *COMMON, batch, *extra, preset="smoke")
+    return run_config(method, *COMMON, batch, *overrides, preset="smoke")
 
 
 def _worker(rank: int, init_file: str, out_dir: str, cases: list[tuple[str, str]]) -> None:
@@ -58,6 +65,11 @@ def _worker(rank: int, init_file: str, out_dir: str, cases: list[tuple[str, str]
         for method, family in cases:
             run = Path(out_dir) / f"{method}-{family}"
             Trainer(_config(method, GLOBAL_BATCH // 2, family), run).fit()
+            torch.distributed.barrier()
+        for name, (method, extra) in VARIANTS.items():
+            Trainer(
+                _config(method, GLOBAL_BATCH // 2, extra=tuple(extra)), Path(out_dir) / name
+            ).fit()
             torch.distributed.barrier()
         # Exact distributed resume, with rank-local state (Leopart's queue shards).
         resumed = Path(out_dir) / "leopart-resumed"
@@ -93,6 +105,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         for method, family in CASES:
             run = root / "single" / f"{method}-{family}"
             Trainer(_config(method, GLOBAL_BATCH, family), run).fit()
+        for name, (method, extra) in VARIANTS.items():
+            Trainer(_config(method, GLOBAL_BATCH, extra=tuple(extra)), root / "single" / name).fit()
     finally:
         torch.set_num_threads(threads)
     return {"root": root}
@@ -100,14 +114,23 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.parametrize(("method", "family"), CASES)
 def test_two_processes_train_like_one(runs: dict[str, Path], method: str, family: str) -> None:
-    single, single_losses = _result(runs["root"] / "single" / f"{method}-{family}")
-    ddp, ddp_losses = _result(runs["root"] / "ddp" / f"{method}-{family}")
+    _compare(runs["root"], f"{method}-{family}", _config(method, GLOBAL_BATCH, family))
+
+
+@pytest.mark.parametrize("name", list(VARIANTS))
+def test_variants_train_like_one(runs: dict[str, Path], name: str) -> None:
+    method, extra = VARIANTS[name]
+    _compare(runs["root"], name, _config(method, GLOBAL_BATCH, extra=tuple(extra)))
+
+
+def _compare(root: Path, name: str, config: RunConfig) -> None:
+    """Run ``name`` of 2 processes against 1: losses, parameters and buffers."""
+    single, single_losses = _result(root / "single" / name)
+    ddp, ddp_losses = _result(root / "ddp" / name)
     assert len(single_losses) == len(ddp_losses) == STEPS
     assert ddp_losses == pytest.approx(single_losses, rel=1e-5, abs=1e-6)
     assert single.keys() == ddp.keys()
-    initial = Trainer(
-        _config(method, GLOBAL_BATCH, family), runs["root"] / "init_state" / f"{method}-{family}"
-    )
+    initial = Trainer(config, root / "init_state" / name)
     rank_local = initial.method.rank_local_buffers()
     for key in rank_local:  # per-process shards: their union is the single-process state
         if key.endswith("embeddings"):

@@ -11,7 +11,8 @@ intersection of the two crops resampled to an ``o x o`` grid (RoI-Align, as Leop
 
     Qt = roi_align(T_c, c ∩ v in c's grid)    [B, n, D]   teacher queries   (no gradient)
     Qs = roi_align(S_v, c ∩ v in v's grid)    [B, n, D]   student queries
-    R  = shuffled_references(Qt)              [B, n, D]   references (same for both)
+    R  = shuffled_references(Qt)              [B, n, D]   references (same for both),
+         or queue.draw(c)                                 (the DINOv2 configs' queue)
     d(q, r) = cos(q, r)                       [B, n query, n ref]   (or ‖q − r‖₂)
     P  = DiffSort_s(d) per query row          [B, n query, n ref i, n rank j]
     ℓ_cv = − mean_{b, query, i} Σ_j Pt[b, query, i, j] · log Ps[b, query, i, j]
@@ -32,8 +33,11 @@ Differences from the official code (the values are otherwise equal; the tests pi
 * no gradient reaches the teacher through the references (in the official code it does,
   but the teacher is never stepped by the optimiser, so nothing changes).
 
-Not offered: the ``fg``/``bg`` loss masks and the reference queue (``is_queue_usable``, the
-DINOv2 configs); see docs/methods/neco.md.
+With a :class:`~densessl.methods.neco.queue.ReferenceQueue` (the DINOv2 configs'
+``is_queue_usable``), R is drawn from the queue of target c, which the caller has filled
+with this step's teacher patches before the loss, as the official ``shared_step`` does.
+
+Not offered: the ``fg``/``bg`` loss masks; see docs/methods/neco.md.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from densessl.methods.neco.queue import ReferenceQueue
 from densessl.methods.neco.references import shuffled_references
 from densessl.methods.neco.sorting import DiffSort
 from densessl.ops.geometry import align_to_intersection
@@ -129,6 +134,7 @@ class NeCoLoss(nn.Module):
         boxes: Tensor,
         keys: Tensor | None = None,
         flips: Tensor | None = None,
+        queue: ReferenceQueue | None = None,
     ) -> Tensor:
         """The float32 scalar loss.
 
@@ -140,6 +146,8 @@ class NeCoLoss(nn.Module):
             boxes: ``[B, V, 4]`` crop boxes in image pixels.
             keys: ``[B]`` sample keys for the reference draw (None: ``torch.randperm``).
             flips: ``[B, V]`` flip flags or None.
+            queue: draw the references of target c from ``queue`` (already holding this
+                step's teacher patches) instead of this pair's aligned teacher patches.
         """
         num_targets, num_views = len(teacher), len(student)
         if not 1 <= num_targets <= num_views or num_views < 2:
@@ -162,7 +170,14 @@ class NeCoLoss(nn.Module):
                     queries_t, _ = align_to_intersection(
                         teacher[c].float(), boxes[:, c], boxes[:, v], flips_c, self.output_size
                     )
-                    refs = shuffled_references(queries_t, keys, salt=c * num_views + v)
+                    salt = c * num_views + v
+                    if queue is None:
+                        refs = shuffled_references(queries_t, keys, salt)
+                    else:
+                        batch, dim = queries_t.shape[:2]
+                        side = self.output_size
+                        drawn = queue.draw(c, batch, side * side, keys, salt)
+                        refs = drawn.reshape(batch, side, side, dim).permute(0, 3, 1, 2)
                     target = soft_ranks(queries_t, refs, self.teacher_sorter, self.similarity)
                 queries_s, _ = align_to_intersection(
                     student[v].float(), boxes[:, v], boxes[:, c], flips_v, self.output_size

@@ -26,10 +26,14 @@ published numbers were trained with); options select the other reading:
 * ``neco.teacher_lag=true`` (code): the EMA step runs inside the loss closure, before the
   optimiser step, so the teacher follows the student of the previous step;
 * references are the *teacher's* aligned patches of the current batch (own image included),
-  where the project page speaks of the student's features of other images; not an option.
+  where the project page speaks of the student's features of other images; not an option;
+* with ``neco.queue_length > 0`` (the DINOv2 configs' ``is_queue_usable``) they are drawn
+  from a FIFO of the teacher's patches that already holds the current batch
+  (:mod:`densessl.methods.neco.queue`); ``neco.queue_draw="official"`` (code) keeps the
+  code's counter shared by both crops, so the first steps draw all-zero rows; ``"filled"``
+  draws only rows the queue holds.
 
-The reference queue of the DINOv2 configs (``is_queue_usable``) and the ``fg``/``bg`` loss
-masks are not offered yet; see docs/methods/neco.md. Details there.
+The ``fg``/``bg`` loss masks are not offered yet; see docs/methods/neco.md. Details there.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from densessl.data.views.multicrop import ViewsConfig, group_by_resolution
 from densessl.errors import brief
 from densessl.methods.base import Method, StepInfo, register_method
 from densessl.methods.neco.loss import SIMILARITIES, NeCoLoss
+from densessl.methods.neco.queue import QUEUE_DRAWS, ReferenceQueue
 from densessl.methods.neco.sorting import DISTRIBUTIONS, NETWORKS
 from densessl.methods.student_teacher import StudentTeacher, make_teacher
 from densessl.models.heads import MLPProjection
@@ -74,6 +79,14 @@ class NeCoParams:
         similarity: what is sorted: ``"cosine"`` (every config) or ``"euclidean"``.
         head_lr_scale: learning rate of the projection head relative to the backbone's
             ``optim.lr`` (10: 1e-4 vs 1e-5 in the configs).
+        queue_length: teacher patches kept per global crop for the references (0 = no
+            queue, references from the current batch as ``neco_dino.yml``; the DINOv2
+            configs: 8192). The same whole queue on every process.
+        queue_rows_per_image: rows pushed per step and global crop, per image of the
+            (global) batch (10, the code's ``10·B``).
+        queue_draw: ``"official"`` (the code's shared counter: zero rows until the queues
+            fill, repeats) or ``"filled"`` (only rows the queue holds, distinct while it
+            holds ``B·o²``).
         independent_teacher_head: the teacher head starts random, not copied (code: true).
         teacher_lag: EMA towards the student of before the optimiser step (code: true).
     """
@@ -89,6 +102,9 @@ class NeCoParams:
     art_lambda: float = 0.25
     similarity: str = "cosine"
     head_lr_scale: float = 10.0
+    queue_length: int = 0
+    queue_rows_per_image: int = 10
+    queue_draw: str = "official"
     independent_teacher_head: bool = True
     teacher_lag: bool = True
 
@@ -101,12 +117,19 @@ class NeCoParams:
         for name in ("student_steepness", "teacher_steepness", "head_lr_scale"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"neco.{name} must be > 0, got {getattr(self, name)}")
+        if self.queue_length < 0:
+            raise ValueError(f"neco.queue_length must be >= 0, got {self.queue_length}")
+        if self.queue_rows_per_image < 1:
+            raise ValueError(
+                f"neco.queue_rows_per_image must be >= 1, got {self.queue_rows_per_image}"
+            )
         if self.art_lambda < 0:
             raise ValueError(f"neco.art_lambda must be >= 0, got {self.art_lambda}")
         for name, choices in (
             ("sort_network", NETWORKS),
             ("distribution", DISTRIBUTIONS),
             ("similarity", SIMILARITIES),
+            ("queue_draw", QUEUE_DRAWS),
         ):
             if getattr(self, name) not in choices:
                 raise ValueError(
@@ -173,6 +196,15 @@ class NeCo(Method):
             params.art_lambda,
             params.similarity,
         )
+        self.queue: ReferenceQueue | None = None
+        if params.queue_length > 0:
+            self.queue = ReferenceQueue(
+                views.num_global,
+                params.queue_length,
+                params.projection_dim,
+                params.queue_rows_per_image,
+                params.queue_draw,
+            )
         self._snapshot: list[Tensor] | None = None
 
     # -- Method interface ----------------------------------------------------------------
@@ -210,8 +242,12 @@ class NeCo(Method):
         num_targets = self.views_config.num_global
         with torch.no_grad():
             teacher, teacher_tokens = self.teacher.embed_views(crops[:num_targets])
+        keys: Tensor | None = batch.get("key")
+        if self.queue is not None:  # before the loss: the batch is among the references
+            for target, grid in enumerate(teacher):
+                self.queue.push(target, grid, keys)
         student, _ = self.student.embed_views(crops)
-        loss = self.criterion(teacher, student, boxes, keys=batch.get("key"), flips=flips)
+        loss = self.criterion(teacher, student, boxes, keys=keys, flips=flips, queue=self.queue)
         return {"loss": loss, **self._diagnostics(teacher, student, teacher_tokens)}
 
     @torch.no_grad()
@@ -224,13 +260,17 @@ class NeCo(Method):
           every patch maps to one point);
         * ``teacher_student_cosine``: mean cosine of teacher and student embeddings of the
           same tokens of view 0;
-        * ``patch_std``: spread of the teacher's L2-normalised backbone tokens.
+        * ``patch_std``: spread of the teacher's L2-normalised backbone tokens;
+        * ``queue_fill`` (with the queue): fraction of the first global crop's queue filled.
         """
         z_t = teacher[0].float().flatten(2)  # [B, d, h*w], unit columns
         z_s = student[0].float().flatten(2)
         flat = nn.functional.normalize(tokens.flatten(1, 2).float(), dim=-1)
-        return {
+        out = {
             "embedding_std": z_t.std(dim=(0, 2)).mean(),
             "teacher_student_cosine": (z_t * z_s).sum(dim=1).mean(),
             "patch_std": flat.std(dim=(0, 1)).mean(),
         }
+        if self.queue is not None:
+            out["queue_fill"] = self.queue.fill(0)
+        return out
