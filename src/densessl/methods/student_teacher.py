@@ -54,3 +54,13 @@ def make_teacher(student: _Network, backbone_config: BackboneConfig) -> _Network
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher
+
+
+@torch.no_grad()
+def ema_towards(teacher: nn.Module, source: list[Tensor], momentum: float) -> None:
+    """``teacher <- momentum * teacher + (1 - momentum) * source``, parameter by parameter
+    (``source`` in ``teacher.parameters()`` order: e.g. a snapshot of the student taken
+    before the optimiser step, for the official codes' lagged EMA)."""
+    params = list(teacher.parameters())
+    torch._foreach_mul_(params, momentum)
+    torch._foreach_add_(params, source, alpha=1 - momentum)

@@ -41,7 +41,7 @@ from densessl.data.views.multicrop import ViewsConfig, group_by_resolution
 from densessl.errors import brief
 from densessl.methods.base import Method, StepInfo, register_method
 from densessl.methods.leopart.loss import EmbeddingQueue, leopart_loss
-from densessl.methods.student_teacher import StudentTeacher, make_teacher
+from densessl.methods.student_teacher import StudentTeacher, ema_towards, make_teacher
 from densessl.models.heads import MLPProjection, Prototypes
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone
 from densessl.ops.attention_foreground import attention_foreground
@@ -266,9 +266,7 @@ class Leopart(Method):
         if self._snapshot is None:
             super().update_teacher(momentum)
             return
-        t_params = list(self.teacher.parameters())
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, self._snapshot, alpha=1 - momentum)
+        ema_towards(self.teacher, self._snapshot, momentum)
         self._snapshot = None
 
     # -- the loss ------------------------------------------------------------------------

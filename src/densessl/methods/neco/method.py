@@ -51,7 +51,7 @@ from densessl.methods.base import Method, StepInfo, register_method
 from densessl.methods.neco.loss import SIMILARITIES, NeCoLoss
 from densessl.methods.neco.queue import QUEUE_DRAWS, ReferenceQueue
 from densessl.methods.neco.sorting import DISTRIBUTIONS, NETWORKS
-from densessl.methods.student_teacher import StudentTeacher, make_teacher
+from densessl.methods.student_teacher import StudentTeacher, ema_towards, make_teacher
 from densessl.models.heads import MLPProjection
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone
 
@@ -227,9 +227,7 @@ class NeCo(Method):
         if self._snapshot is None:
             super().update_teacher(momentum)
             return
-        t_params = list(self.teacher.parameters())
-        torch._foreach_mul_(t_params, momentum)
-        torch._foreach_add_(t_params, self._snapshot, alpha=1 - momentum)
+        ema_towards(self.teacher, self._snapshot, momentum)
         self._snapshot = None
 
     # -- the loss ------------------------------------------------------------------------

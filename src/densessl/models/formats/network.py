@@ -15,22 +15,12 @@ from typing import Any
 from torch import Tensor
 
 from densessl.models.dino_compat import describe, select_state_dict
+from densessl.models.formats.common import strip
 
 __all__ = ["backbone_tensors", "network_keys"]
 
-_STRIP = ("module.", "backbone.", "_orig_mod.")
 _CHUNKED = re.compile(r"^blocks\.\d+\.(\d+)\.")
 _HEADS = ("head.", "dino_head.", "ibot_head.", "fc_norm.")
-
-
-def _strip(key: str) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in _STRIP:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix) :], True
-    return key
 
 
 def network_keys(obj: Any, which: str = "teacher") -> set[str]:
@@ -43,7 +33,7 @@ def network_keys(obj: Any, which: str = "teacher") -> set[str]:
     flat = f"{which}."
     if any(k.startswith(flat) for k in keys):
         keys = [k[len(flat) :] for k in keys if k.startswith(flat)]
-    return {_strip(k) for k in keys}
+    return {strip(k) for k in keys}
 
 
 def backbone_tensors(obj: Any, which: str, marker: str) -> dict[str, Tensor]:
@@ -59,13 +49,13 @@ def backbone_tensors(obj: Any, which: str, marker: str) -> dict[str, Tensor]:
     """
     state: Mapping[str, Any] = select_state_dict(obj, which)
     flat = f"{which}."
-    if not any(_strip(str(k)) == marker for k in state) and any(
+    if not any(strip(str(k)) == marker for k in state) and any(
         str(k).startswith(flat) for k in state
     ):  # {"teacher.backbone.blocks.0...": ...}
         state = {str(k)[len(flat) :]: v for k, v in state.items() if str(k).startswith(flat)}
     out: dict[str, Tensor] = {}
     for key, value in state.items():
-        name = _strip(str(key))
+        name = strip(str(key))
         if name.startswith(_HEADS) or not isinstance(value, Tensor):
             continue
         out[_CHUNKED.sub(r"blocks.\1.", name)] = value
