@@ -1,4 +1,5 @@
-"""Command line: ``densessl pretrain|eval|viz|export|methods|scenes|demo`` (API wrappers)."""
+"""Command line: ``densessl pretrain|eval|finetune|viz|export|methods|scenes|demo`` (API
+wrappers)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from densessl.cli_errors import run_command
 from densessl.cli_help import EVAL_HELP, EXPORT_HELP, PRETRAIN_HELP, VIZ_HELP
+from densessl.evaluation.finetune.cli import add_finetune_parser
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -226,9 +228,11 @@ def _add_eval_parser(sub: argparse._SubParsersAction, with_protocols: bool) -> N
         q.set_defaults(func=_cmd_eval, protocol_name=name)
 
 
-def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
-    """The argument parser; ``with_protocols=False`` leaves the registry unread (see
-    :func:`_add_eval_parser`)."""
+def build_parser(
+    with_protocols: bool = True, with_decoders: bool = True
+) -> argparse.ArgumentParser:
+    """The argument parser; ``with_protocols=False`` / ``with_decoders=False`` leave the
+    protocol / decoder registries unread (see :func:`_add_eval_parser`)."""
     parser = argparse.ArgumentParser(
         prog="densessl",
         description="Dense self-supervised pretraining of ViTs and dense-feature evaluation.",
@@ -275,6 +279,7 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     _add_eval_parser(sub, with_protocols)
+    add_finetune_parser(sub, with_decoders, _positive, _add_format_option)
 
     p = sub.add_parser(
         "viz",
@@ -347,7 +352,8 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((w for w in words if not w.startswith("-")), None)
-    args = build_parser(with_protocols=command == "eval").parse_args(words)
+    parser = build_parser(with_protocols=command == "eval", with_decoders=command == "finetune")
+    args = parser.parse_args(words)
     from densessl.models.formats.choice import use_format
 
     with use_format(getattr(args, "format", None)):  # --format: every loader reads it

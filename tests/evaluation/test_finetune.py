@@ -1,0 +1,200 @@
+"""``densessl finetune seg``: both decoders train and score on scenes, exact resume, recipes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from densessl.cli import main
+from densessl.errors import ConfigError
+from densessl.evaluation.finetune.api import finetune
+from densessl.evaluation.finetune.inference import slide_logits
+from densessl.evaluation.finetune.model import SegmentationModel, param_groups
+from densessl.evaluation.finetune.pipeline import keep_ratio_size, step_batch
+from densessl.evaluation.finetune.schedule import poly_lr
+from densessl.evaluation.finetune.semfpn import SemanticFPN
+from densessl.evaluation.finetune.settings import FinetuneSettings, ade20k_recipe, scenes_recipe
+from densessl.io.checkpoint import CheckpointError, load_file
+from densessl.models.vit import BackboneConfig, build_backbone
+from densessl.train.signals import TrainingInterrupted
+
+SHORT = ["iterations=4", "batch_size=2", "data.num_images=8", "log_every=1", "checkpoint_every=2"]
+
+
+def tiny(depth: int = 2, seed: int = 0):
+    torch.manual_seed(seed)
+    return build_backbone(
+        BackboneConfig(
+            arch="vit_tiny", patch_size=8, img_size=64, depth=depth, embed_dim=32, num_heads=2
+        )
+    )
+
+
+@pytest.mark.parametrize("decoder", ["linear", "semfpn"])
+def test_both_decoders_train_and_score_on_scenes(tmp_path, single_thread, decoder):
+    record = finetune("seg", tiny(4), out=tmp_path / "run", decoder=decoder,
+                      overrides=[*SHORT, "eval_flip=true", "eval_ratios=[0.75,1.0]"],
+                      progress=False, verbose=False)  # fmt: skip
+    res = record["results"]
+    assert (
+        0.0 <= res["miou"] <= 1.0 and len(res["per_class_iou"]) == record["dataset"]["num_classes"]
+    )
+    assert [h["step"] for h in res["history"]] == [1, 2, 3, 4]
+    assert all(torch.isfinite(torch.tensor(h["loss"])) for h in res["history"])
+    saved = json.loads((tmp_path / "run" / "finetune.json").read_text())
+    assert saved["settings"]["decoder"] == decoder and saved["settings"]["eval_flip"] is True
+    assert saved["tapped_blocks"] == ([0, 1, 2, 3] if decoder == "semfpn" else [3])
+
+
+def test_resume_after_a_stop_signal_is_exact(tmp_path, single_thread):
+    straight = finetune("seg", tiny(), out=tmp_path / "a", decoder="semfpn", overrides=SHORT,
+                        progress=False, verbose=False)  # fmt: skip
+
+    def kill_at_3(step: int) -> None:
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with pytest.raises(TrainingInterrupted) as err:
+        finetune("seg", tiny(), out=tmp_path / "b", decoder="semfpn", overrides=SHORT,
+                 progress=False, verbose=False, on_step=kill_at_3)  # fmt: skip
+    assert err.value.step == 3 and err.value.exit_code == 143
+    assert load_file(tmp_path / "b" / "finetune.pt")["step"] == 3
+    resumed = finetune("seg", tiny(), out=tmp_path / "b", decoder="semfpn", overrides=SHORT,
+                       progress=False, verbose=False)  # fmt: skip
+    assert resumed["results"]["resumed_from"] == 3
+    a, b = (load_file(tmp_path / x / "finetune.pt")["model"] for x in ("a", "b"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    def losses(r):
+        return [(h["step"], h["loss"], h["lr"]) for h in r["results"]["history"]]
+
+    assert losses(resumed) == losses(straight)
+    assert resumed["results"]["miou"] == straight["results"]["miou"]
+
+
+def test_other_settings_refuse_the_checkpoint_and_foreign_folders(tmp_path, single_thread):
+    finetune(
+        "seg", tiny(1), out=tmp_path / "run", overrides=SHORT[:3], progress=False, verbose=False
+    )
+    with pytest.raises(CheckpointError, match="other settings"):
+        finetune("seg", tiny(1), out=tmp_path / "run", overrides=[*SHORT[:3], "lr=0.5"],
+                 progress=False, verbose=False)  # fmt: skip
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(ConfigError, match="did not write"):
+        finetune("seg", tiny(1), out=tmp_path / "mine", overrides=SHORT[:3], progress=False)
+    with pytest.raises(ConfigError, match="unknown finetune setting"):
+        finetune("seg", tiny(1), out=tmp_path / "x", overrides=["lrr=1"], progress=False)
+
+
+def test_cli_finetune_help_lists_decoders_and_settings(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["finetune", "seg", "--help"])
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "semfpn" in text and "linear" in text and "layer_decay" in text and "38.3" in text
+
+
+def test_cli_bad_setting_is_one_line_exit_2(tmp_path, capsys):
+    code = main(["finetune", "seg", "--backbone", "random:vit_tiny", "--out", str(tmp_path / "r"),
+                 "eval_mode=sideways"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "densessl: error:" in err and "eval_mode" in err and "Traceback" not in err
+
+
+def test_recipes_hold_the_published_values():
+    seg = ade20k_recipe("linear")  # Segmenter, rstrudel/segmenter @20d1bfa
+    assert (seg.optimizer, seg.lr, seg.momentum, seg.weight_decay, seg.power) == (
+        "sgd",
+        1e-3,
+        0.9,
+        0,
+        0.9,
+    )
+    assert (seg.iterations, seg.batch_size, seg.crop_size, seg.min_lr) == (160_000, 8, 512, 1e-5)
+    assert (seg.eval_mode, seg.eval_window, seg.eval_stride, seg.drop_path) == (
+        "slide",
+        512,
+        512,
+        0.1,
+    )
+    fpn = ade20k_recipe("semfpn")  # SelfPatch @81aef14 semfpn_vit-s16_512x512_40k_ade20k.py
+    assert (fpn.optimizer, fpn.lr, fpn.weight_decay, fpn.warmup_iters) == (
+        "adamw",
+        6e-5,
+        0.01,
+        1500,
+    )
+    assert (fpn.iterations, fpn.batch_size, fpn.power, fpn.min_lr) == (40_000, 16, 1.0, 0.0)
+    assert fpn.tapped_blocks(12) == [2, 5, 8, 11] and fpn.eval_mode == "whole"
+    assert scenes_recipe("semfpn", 64).crop_size == 64
+    with pytest.raises(ValueError, match=r"finetune\.blocks"):
+        FinetuneSettings(decoder="semfpn", blocks=(1, 2))
+
+
+def test_poly_schedule_matches_mmcv_and_segmenter_formulas():
+    # mmcv PolyLrUpdaterHook + linear warm-up: regular * (1 - (1 - it/W)(1 - ratio))
+    assert poly_lr(0, 40_000, 6e-5, 0.0, 1.0, 1500, 1e-6) == pytest.approx(6e-5 * 1e-6)
+    assert poly_lr(750, 40_000, 6e-5, 0.0, 1.0, 1500, 1e-6) == pytest.approx(
+        6e-5 * (1 - 750 / 40_000) * (1 - 0.5 * (1 - 1e-6))
+    )
+    assert poly_lr(1500, 40_000, 6e-5, 0.0, 1.0, 1500) == pytest.approx(6e-5 * (1 - 1500 / 40_000))
+    # Segmenter PolynomialLR: (lr - min) (1 - it/max)^0.9 + min
+    assert poly_lr(0, 100, 1e-3, 1e-5, 0.9) == pytest.approx(1e-3)
+    assert poly_lr(50, 100, 1e-3, 1e-5, 0.9) == pytest.approx((1e-3 - 1e-5) * 0.5**0.9 + 1e-5)
+    assert poly_lr(100, 100, 1e-3, 1e-5, 0.9) == pytest.approx(1e-5)
+
+
+def test_semfpn_shapes_and_pyramid():
+    maps = [torch.randn(2, 32, 4, 4) for _ in range(4)]
+    assert SemanticFPN(32, 5, 16, "none")(maps).shape == (2, 5, 4, 4)  # SelfPatch seg: stride 16
+    assert SemanticFPN(32, 5, 16, "simple").eval()(maps).shape == (2, 5, 16, 16)  # stride 4
+
+
+def test_param_groups_layer_decay_and_no_decay():
+    net = tiny(2)
+    from densessl.evaluation.finetune.linear_decoder import LinearDecoder
+
+    model = SegmentationModel(net, LinearDecoder(32, 3), [1], True)
+    groups = param_groups(model, 1.0, 0.05, layer_decay=0.5)
+    scales = {g["lr_scale"] for g in groups}
+    assert scales == {1.0, 0.5, 0.25, 0.125}  # decoder/norm, block 1, block 0, embeddings
+    names = {id(p): n for n, p in model.named_parameters()}
+    for g in groups:
+        for p in g["params"]:
+            plain = any(k in names[id(p)] for k in ("pos_embed", "cls_token", "norm"))
+            assert g["weight_decay"] == (0.0 if plain else 0.05)
+
+
+def test_pipeline_is_seeded_per_step_and_pads_with_ignore():
+    class Two:
+        num_classes = 2
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {"image": torch.zeros(3, 20, 30, dtype=torch.uint8), "label": torch.ones(20, 30)}
+
+    s = scenes_recipe("linear", 32, batch_size=2)
+    a, b = step_batch(Two(), s, 5), step_batch(Two(), s, 5)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (2, 3, 32, 32)
+    assert set(a[1].unique().tolist()) <= {1, 255}
+    assert keep_ratio_size(20, 30, (2048, 512)) == (512, 768)  # short side to 512
+    assert keep_ratio_size(100, 1000, (2048, 512)) == (205, 2048)  # long side capped
+
+
+def test_sliding_window_averages_overlaps():
+    calls = []
+
+    def model(x):
+        calls.append(tuple(x.shape[-2:]))
+        return torch.ones(1, 2, *x.shape[-2:])
+
+    out = slide_logits(model, torch.zeros(1, 3, 16, 40), window=16, stride=12)
+    assert calls == [(16, 16)] * 3 and out.shape == (1, 2, 16, 40)  # anchors 0, 12, 24 (flush)
+    assert torch.allclose(out, torch.ones_like(out))
