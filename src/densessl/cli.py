@@ -132,8 +132,14 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from densessl.export import export_backbone
+    from densessl.export import export_backbone, export_detection
 
+    if args.to != "timm":
+        out = export_detection(args.run, args.out, args.to, which=args.which)
+        recipe = json.loads((out / "detection.json").read_text())
+        print(f"exported {recipe['keys']} {args.to} backbone tensors to {out / (args.to + '.pth')}")
+        print("config overrides:\n  " + "\n  ".join(recipe["overrides"]))
+        return 0
     out = export_backbone(args.run, args.out, which=args.which, verify=not args.no_verify)
     meta = json.loads((out / "meta.json").read_text())
     check = meta.get("verified_max_abs_diff")
@@ -321,6 +327,13 @@ def build_parser(
     )
     p.add_argument("--which", default="teacher", choices=("teacher", "student"))
     _add_format_option(p)
+    p.add_argument(
+        "--to",
+        default="timm",
+        choices=("timm", "detectron2", "mmdet"),
+        help="timm (default); detectron2: ViTDet backbone.net.* keys; mmdet: the SelfPatch / "
+        "FLSL Mask R-CNN backbone.* keys (README: detection hand-off)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the plain-timm feature check")
     p.set_defaults(func=_cmd_export)
 
