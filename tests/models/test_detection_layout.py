@@ -53,8 +53,10 @@ def backbone(**kw):
     return build_backbone(config)
 
 
-@pytest.mark.parametrize(("to", "prefix", "cls_slot"),
-                         [("detectron2", "backbone.net.", True), ("mmdet", "backbone.", False)])  # fmt: skip
+TARGETS = [("detectron2", "backbone.net.", True), ("mmdet", "backbone.", False)]
+
+
+@pytest.mark.parametrize(("to", "prefix", "cls_slot"), TARGETS)
 def test_keys_and_shapes_match_the_official_vit(to, prefix, cls_slot):
     net = backbone()
     state = detection_state_dict(net, to)
