@@ -198,3 +198,40 @@ def test_sliding_window_averages_overlaps():
     out = slide_logits(model, torch.zeros(1, 3, 16, 40), window=16, stride=12)
     assert calls == [(16, 16)] * 3 and out.shape == (1, 2, 16, 40)  # anchors 0, 12, 24 (flush)
     assert torch.allclose(out, torch.ones_like(out))
+
+
+def _fill(shape, k):
+    n = int(torch.tensor(shape).prod())
+    return (0.3 * torch.sin(torch.arange(n, dtype=torch.float64) * 0.37 + k)).float().reshape(shape)
+
+
+#: mmseg's own FPN neck + FPNHead (open-mmlab/mmsegmentation v1.2.2 from PyPI,
+#: ``mmseg/models/necks/fpn.py`` and ``mmseg/models/decode_heads/fpn_head.py``, the same code
+#: as the 0.x that SelfPatch used; mmcv-lite 2.1.0, CPU), run once in a scratch environment
+#: on the weights and inputs built below (our state dict mapped to mmseg's names), in eval
+#: mode: D=8, FPN 6, head 4, 3 classes. Our modules matched to max |diff| 0.0.
+MMSEG_FPN = {
+    (4, 4, 4, 4): (2.6036571343429387, [0.393391996, 0.063979841, -0.222810819]),
+    (16, 8, 4, 2): (-72.80079324834514, [0.550125777, -0.285063326, -0.442841202]),
+}
+
+
+@pytest.mark.parametrize("sizes", list(MMSEG_FPN))
+def test_semantic_fpn_equals_mmseg_fpn_and_fpnhead(sizes):
+    model = SemanticFPN(8, 3, 16, "none", 6, 4, 0.1).eval()
+    state = {}
+    for k, (name, t) in enumerate(model.state_dict().items()):
+        if "num_batches" in name:
+            state[name] = t
+        elif "running_var" in name:
+            state[name] = 1 + _fill(t.shape, k).abs()
+        else:
+            state[name] = _fill(t.shape, k)
+    model.load_state_dict(state)
+    x = [_fill((2, 8, s, s), 10 + i) * 3 for i, s in enumerate(sizes)]
+    with torch.no_grad():
+        out = model(x)
+    total, corner = MMSEG_FPN[sizes]
+    assert out.shape == (2, 3, sizes[0], sizes[0])
+    assert float(out.double().sum()) == pytest.approx(total, abs=1e-4)
+    assert out[0, :, 0, 0].tolist() == pytest.approx(corner, abs=1e-5)
