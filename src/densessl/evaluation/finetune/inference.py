@@ -69,7 +69,8 @@ def predict_probabilities(
     total: Tensor | None = None
     count = 0
     for ratio in s.eval_ratios:
-        size = keep_ratio_size(*image.shape[-2:], (s.scale[0] * ratio, s.scale[1] * ratio))
+        scaled = (int(s.scale[0] * ratio), int(s.scale[1] * ratio))  # mmseg: int(scale * ratio)
+        size = keep_ratio_size(*image.shape[-2:], scaled)
         x = normalize(resize_image(image, size))[None].to(device)
         for flip in (False, True) if s.eval_flip else (False,):
             view = x.flip(-1) if flip else x

@@ -87,7 +87,7 @@ def augment(
     """One training view: ``(image [3, S, S] normalised, label [S, S] long, 255 = pad)``."""
     image, label = to_float(item["image"]), torch.as_tensor(item["label"]).long()
     ratio = _uniform(gen, *s.ratio_range)
-    size = keep_ratio_size(*label.shape, (s.scale[0] * ratio, s.scale[1] * ratio))
+    size = keep_ratio_size(*label.shape, (int(s.scale[0] * ratio), int(s.scale[1] * ratio)))
     image, label = resize_image(image, size), resize_label(label, size)
     top, left = _crop_box(label, s.crop_size, s.cat_max_ratio, gen)
     image = image[:, top : top + s.crop_size, left : left + s.crop_size]
