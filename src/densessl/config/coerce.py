@@ -163,7 +163,8 @@ def build_dataclass(cls: type, values: Mapping[str, Any], prefix: str = "") -> A
         where = f"'{prefix}'" if prefix else "the top level"
         full = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
         raise ConfigError(
-            f"unknown config key {brief(full)}; valid keys in {where}: {', '.join(sorted(fields))}"
+            f"unknown config key {brief(full)}; valid keys in {where}: "
+            f"{', '.join(sorted(fields))}"
         )
     kwargs = {}
     for name, value in values.items():

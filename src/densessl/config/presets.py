@@ -109,7 +109,9 @@ def build_run_config(
         tree = merge_trees(tree, update)
     file_method = plain(tree.pop("method", method), "method")
     if file_method != method:
-        raise ConfigError(f"config says method {brief(file_method)} but '{method}' was requested")
+        raise ConfigError(
+            f"config says method {brief(file_method)} but '{method}' was requested"
+        )
     sections = {name: tree.pop(name, {}) for name in RunConfig.SECTIONS}
     params = tree.pop(method, {})
     if tree:

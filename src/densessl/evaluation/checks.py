@@ -66,7 +66,8 @@ def check_fields(
     """
     rules: list[tuple[str, Any, str]] = []
     rules += [
-        (n, lambda v, lo=lo: is_int(v, lo), f"an integer >= {lo}") for n, lo in (ints or {}).items()
+        (n, lambda v, lo=lo: is_int(v, lo), f"an integer >= {lo}")
+        for n, lo in (ints or {}).items()
     ]
     rules += [
         (n, lambda v, lo=lo: v is None or is_int(v, lo), f"an integer >= {lo} or null")

@@ -51,7 +51,6 @@ from densessl.io.decode import ImageDecodeError, display_path, load_rgb
 
 IGNORE_INDEX = 255
 
-
 # ----------------------------------------------------------------------------- helpers
 def require_paths(layout: str, paths: Sequence[Path], root: Path | None = None) -> None:
     """Raise ``FileNotFoundError`` if any path is missing.
