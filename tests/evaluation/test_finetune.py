@@ -236,3 +236,27 @@ def test_semantic_fpn_equals_mmseg_fpn_and_fpnhead(sizes):
     assert out.shape == (2, 3, sizes[0], sizes[0])
     assert float(out.double().sum()) == pytest.approx(total, abs=1e-4)
     assert out[0, :, 0, 0].tolist() == pytest.approx(corner, abs=1e-5)
+
+
+def test_cli_finetune_a_run_then_rerun_rescores(tiny_run, tmp_path, capsys, single_thread):
+    out = tmp_path / "ft"
+    args = ["finetune", "seg", "--backbone", str(tiny_run), "--out", str(out), "--no-progress",
+            "--decoder", "semfpn", "iterations=2", "batch_size=2", "data.num_images=6"]  # fmt: skip
+    assert main(args) == 0
+    first = json.loads((out / "finetune.json").read_text())
+    assert first["backbone"]["kind"] == "run" and first["results"]["resumed_from"] == 0
+    assert main(args) == 0  # finished: nothing left to train, the same model is scored again
+    again = json.loads((out / "finetune.json").read_text())
+    assert (
+        again["results"]["resumed_from"] == 2
+        and again["results"]["miou"] == first["results"]["miou"]
+    )
+    assert "mIoU" in capsys.readouterr().out
+
+
+def test_cli_missing_dataset_root_is_one_line(tmp_path, capsys):
+    code = main(["finetune", "seg", "--backbone", "random:vit_tiny", "--dataset", "ade20k",
+                 "--out", str(tmp_path / "r")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "needs root" in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()  # nothing written on bad input
