@@ -39,7 +39,8 @@ from densessl.evaluation.result_file import write_result
 from densessl.io.paths import user_path
 from densessl.models.vit import ViTBackbone
 from densessl.ops.devices import parse_device
-from densessl.train.precision import autocast, resolve_precision
+from densessl.ops.distributed import init_from_env, is_main_process
+from densessl.train.precision import autocast, resolve_device, resolve_precision
 
 __all__ = ["RESULT", "finetune"]
 
@@ -144,7 +145,8 @@ def finetune(
     record = get_decoder(decoder)
     out_dir = user_path(out)
     _check_out(out_dir)
-    dev = parse_device(device or ("cuda" if torch.cuda.is_available() else "cpu"), "--device")
+    dev = resolve_device("auto") if device is None else parse_device(device, "--device")
+    init_from_env(dev)  # torchrun: join the process group (no-op otherwise)
     try:
         key = get_dataset(dataset).name
     except ValueError as err:
@@ -220,9 +222,10 @@ def finetune(
         "densessl_version": __version__,
         "seconds": round(time.perf_counter() - start, 3),
     }  # fmt: skip
-    write_result(out_dir / RESULT, result)
+    if is_main_process():
+        write_result(out_dir / RESULT, result)
     result["json"] = str(out_dir / RESULT)
-    if verbose:
+    if verbose and is_main_process():
         miou, acc = 100 * scores["miou"], 100 * scores["pixel_accuracy"]
         line = f"finetune {decoder} on {key}: mIoU {miou:.2f} (pixel acc {acc:.1f})"
         print(f"{line} -> {out_dir / RESULT}", flush=True)

@@ -10,7 +10,8 @@ Per validation image (batch 1, as both codebases test):
   one flush with the border), overlapping logits averaged;
 * logits resized bilinearly to the label's original size and soft-maxed; flips are
   un-flipped; the probabilities of every scale / flip are averaged, then argmax;
-* a dataset-level confusion matrix (label 255 ignored) gives per-class IoU and mIoU.
+* a dataset-level confusion matrix (label 255 ignored) gives per-class IoU and mIoU (under
+  ``torchrun`` each process scores every ``W``-th image and the matrices are summed).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from densessl.evaluation.finetune.pipeline import keep_ratio_size
 from densessl.evaluation.finetune.settings import FinetuneSettings
 from densessl.evaluation.miou import ConfusionMatrix
 from densessl.evaluation.preprocess import normalize, resize_image
+from densessl.ops.distributed import all_reduce_sum, is_main_process, rank, world_size
 
 __all__ = ["evaluate_segmenter", "predict_probabilities", "slide_logits"]
 
@@ -112,7 +114,9 @@ def evaluate_segmenter(
     was_training = model.training
     model.eval()
     n = len(dataset)  # type: ignore[arg-type]
-    for index in tqdm(range(n), desc="finetune: eval", disable=not progress, leave=False):
+    shard = range(rank(), n, world_size())  # torchrun: each process scores its share
+    bar = tqdm(shard, desc="finetune: eval", disable=not progress or not is_main_process())
+    for index in bar:
         item = dataset[index]
         label = torch.as_tensor(item["label"]).long().to(device)
         if autocast is None:
@@ -122,6 +126,7 @@ def evaluate_segmenter(
                 probs = predict_probabilities(model, item["image"], tuple(label.shape), settings)
         cm.update(probs.argmax(dim=0)[None], label[None])
     model.train(was_training)
+    all_reduce_sum(cm.confusion)
     out = cm.compute("none")
     confusion = cm.confusion.float()
     accuracy = float(confusion.diag().sum() / confusion.sum().clamp(min=1))

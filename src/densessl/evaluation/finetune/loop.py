@@ -8,6 +8,13 @@ is raised: the CLI exits 130 / 143, the same command resumes). Each step's data 
 a generator seeded by ``(seed, step)`` (:mod:`densessl.evaluation.finetune.pipeline`) and the
 global RNG (dropout, drop path) is reseeded with ``(seed, step)`` before the step, so a
 resumed run equals an uninterrupted one. Another configuration's checkpoint is refused.
+
+Under ``torchrun`` (a process group) each of the ``W`` processes builds its slice of every
+global batch (``batch_size`` must divide by ``W``), the model is wrapped in DDP (BatchNorm
+becomes SyncBatchNorm on CUDA, as SelfPatch's SyncBN), the loss is the sum over this
+process's labelled pixels divided by the global count times ``W`` (so that DDP's gradient
+mean is the one-process mean over the whole batch), stop signals are agreed every step and
+only rank 0 writes the checkpoint.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
@@ -30,6 +38,14 @@ from densessl.evaluation.finetune.pipeline import StepBatches
 from densessl.evaluation.finetune.schedule import poly_lr
 from densessl.evaluation.finetune.settings import FinetuneSettings
 from densessl.io.checkpoint import CheckpointError, load_file, save_atomic
+from densessl.ops.distributed import (
+    agree_any,
+    all_reduce_sum,
+    is_main_process,
+    rank,
+    world_size,
+    wrap_ddp,
+)
 from densessl.train.numerics import NonFiniteLossError
 from densessl.train.precision import autocast, resolve_precision
 from densessl.train.signals import StopSignals, ignore_stop_signals
@@ -94,6 +110,11 @@ def train_segmenter(
     num_classes = int(train_set.num_classes)  # type: ignore[attr-defined]
     ignore = int(getattr(train_set, "ignore_index", 255))
     dtype, use_scaler = resolve_precision(s.precision, device)
+    world = world_size()
+    if s.batch_size % world:
+        raise ValueError(f"finetune.batch_size {s.batch_size} must divide by {world} processes")
+    if world > 1 and device.type == "cuda":
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device)
     optimizer = _optimizer(model, s)
     scaler = torch.amp.GradScaler(device.type, enabled=use_scaler)
@@ -121,15 +142,20 @@ def train_segmenter(
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                  "scaler": scaler.state_dict(), "step": step, "history": history,
                  "seconds": seconds, "identity": ident}  # fmt: skip
-        save_atomic(state, path)
+        if is_main_process():
+            save_atomic(state, path)
+        if world > 1:
+            torch.distributed.barrier()
 
     loader = DataLoader(
-        StepBatches(train_set, s, start), batch_size=None, num_workers=s.num_workers,
+        StepBatches(train_set, s, start, (rank(), world)),
+        batch_size=None, num_workers=s.num_workers,
         worker_init_fn=ignore_stop_signals if s.num_workers else None,
     )  # fmt: skip
-    model.train()
+    net = wrap_ddp(model, device)
+    net.train()
     bar = tqdm(total=s.iterations, initial=start, desc=f"finetune {s.decoder}",
-               disable=not progress, leave=False)  # fmt: skip
+               disable=not progress or not is_main_process(), leave=False)  # fmt: skip
     done = start
     with StopSignals() as signals:
         for step, images, labels in loader:
@@ -139,11 +165,13 @@ def train_segmenter(
             )
             for group in optimizer.param_groups:
                 group["lr"] = lr * group["lr_scale"]
-            torch.manual_seed(_step_seed(s.seed, step))
+            torch.manual_seed(_step_seed(s.seed, step) * 131 + rank())
             images, labels = images.to(device), labels.to(device)
             with autocast(device, dtype):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, ignore_index=ignore)
+                logits = net(images)
+            total = F.cross_entropy(logits.float(), labels, ignore_index=ignore, reduction="sum")
+            count = all_reduce_sum((labels != ignore).sum().float())
+            loss = total * world / count.clamp(min=1)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimizer)
@@ -152,19 +180,20 @@ def train_segmenter(
             done = step + 1
             bar.update(1)
             if done % s.log_every == 0 or done == s.iterations:
-                value = float(loss.detach())
+                value = float(all_reduce_sum(loss.detach() / world))  # the global-batch loss
                 if not math.isfinite(value):
                     raise NonFiniteLossError(f"finetune: loss is {value} at step {done}")
                 history.append({"step": done, "loss": value, "lr": lr, "seconds": seconds})
                 bar.set_postfix(loss=f"{value:.4f}")
             if on_step is not None:
                 on_step(done)
-            stop = signals.agree() and done < s.iterations
+            flags = agree_any(signals.flags(), device) if world > 1 else None
+            stop = signals.agree(flags) and done < s.iterations
             if done % s.checkpoint_every == 0 or done == s.iterations or stop:
                 save(done)
             if stop:
                 bar.close()
-                raise signals.interrupted(done, path, True)
+                raise signals.interrupted(done, path, is_main_process())
     bar.close()
     if done == start and not path.is_file():
         save(done)

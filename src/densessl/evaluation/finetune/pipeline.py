@@ -6,13 +6,16 @@
 transforms.py``, used by both the SelfPatch and the Segmenter configs). Label maps arrive
 from densessl's datasets already reduced (ADE20K: 0 -> 255, 1-150 -> 0-149).
 
-Every random draw of step ``s`` (images, scale, crop, flip, distortion) comes from a generator
-seeded with ``(seed, s)``, so a resumed run sees exactly the batches it would have seen, in
-any number of loader workers. Differences from mmseg: images are resized with torch's
-antialiased bilinear (mmcv: cv2 bilinear); the photometric distortion works on RGB in [0, 1]
-with torchvision's colour ops (mmcv: BGR float, its own HSV conversion), same ranges and
-probabilities (brightness +-32/255, contrast and saturation x[0.5, 1.5], hue +-18 deg, each
-p 0.5, contrast before or after the colour steps with p 0.5).
+Every random draw of step ``s`` comes from generators seeded with ``(seed, s)`` (which
+images) and ``(seed, s, position)`` (each image's scale, crop, flip, distortion), so a resumed
+run sees exactly the batches it would have seen, with any number of loader workers or
+processes (``torchrun``: each process builds its slice of the global batch).
+
+Differences from mmseg: images are resized with torch's antialiased bilinear (mmcv: cv2
+bilinear); the photometric distortion works on RGB in [0, 1] with torchvision's colour
+ops (mmcv: BGR float, its own HSV conversion), same ranges and probabilities (brightness
++-32/255, contrast and saturation x[0.5, 1.5], hue +-18 deg, each p 0.5, contrast before
+or after the colour steps with p 0.5).
 """
 
 from __future__ import annotations
@@ -104,23 +107,37 @@ def augment(
     return out_image, out_label
 
 
-def step_batch(dataset: Dataset, s: FinetuneSettings, step: int) -> tuple[Tensor, Tensor]:
-    """The batch of ``step``: ``images [B, 3, S, S]``, ``labels [B, S, S]``."""
+def step_batch(
+    dataset: Dataset, s: FinetuneSettings, step: int, shard: tuple[int, int] = (0, 1)
+) -> tuple[Tensor, Tensor]:
+    """The batch of ``step``: ``images [B / W, 3, S, S]``, ``labels [B / W, S, S]``.
+
+    ``shard = (rank, W)``: process ``rank`` of ``W`` gets the ``rank``-th contiguous slice of
+    the global batch; every image has its own generator (``seed, step, position``), so the
+    ``W`` slices together are exactly the one-process batch.
+    """
     gen = torch.Generator().manual_seed((s.seed + 1) * 1_000_003 + step)
     n = len(dataset)  # type: ignore[arg-type]
     indices = torch.randint(0, n, (s.batch_size,), generator=gen).tolist()
-    views = [augment(dataset[i], s, gen) for i in indices]
+    rank, world = shard
+    per = s.batch_size // world
+    views = []
+    for position in range(rank * per, (rank + 1) * per):
+        own = torch.Generator().manual_seed(((s.seed + 1) * 1_000_003 + step) * 4099 + position)
+        views.append(augment(dataset[indices[position]], s, own))
     return torch.stack([v[0] for v in views]), torch.stack([v[1] for v in views])
 
 
 class StepBatches(IterableDataset):
     """Batches of steps ``start .. iterations - 1`` in order (workers take turns)."""
 
-    def __init__(self, dataset: Dataset, settings: FinetuneSettings, start: int) -> None:
-        self.dataset, self.settings, self.start = dataset, settings, int(start)
+    def __init__(
+        self, dataset: Dataset, settings: FinetuneSettings, start: int, shard: tuple[int, int]
+    ) -> None:
+        self.dataset, self.settings, self.start, self.shard = dataset, settings, int(start), shard
 
     def __iter__(self):  # type: ignore[no-untyped-def]
         info = get_worker_info()
         worker, workers = (0, 1) if info is None else (info.id, info.num_workers)
         for step in range(self.start + worker, self.settings.iterations, workers):
-            yield step, *step_batch(self.dataset, self.settings, step)
+            yield step, *step_batch(self.dataset, self.settings, step, self.shard)
