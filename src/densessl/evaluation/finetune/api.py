@@ -9,7 +9,8 @@ history, mIoU and per-class IoU). Real datasets get the decoder's published reci
 (:func:`~densessl.evaluation.finetune.settings.ade20k_recipe`), the synthetic scenes its CPU
 preset (:func:`~densessl.evaluation.finetune.settings.scenes_recipe`); any setting can be
 overridden by name, dataset options go under ``data.``. Running the same command again
-after a stop resumes exactly; after the end it re-scores the finished model.
+after a stop resumes exactly; after the end it re-scores the finished model. Under
+``torchrun`` the processes share each global batch (:mod:`densessl.evaluation.finetune.loop`).
 """
 
 from __future__ import annotations
