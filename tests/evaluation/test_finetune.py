@@ -180,7 +180,7 @@ def test_pipeline_is_seeded_per_step_and_pads_with_ignore():
         def __getitem__(self, i):
             return {"image": torch.zeros(3, 20, 30, dtype=torch.uint8), "label": torch.ones(20, 30)}
 
-    s = scenes_recipe("linear", 32, batch_size=2)
+    s = scenes_recipe("linear", 32, batch_size=2, photometric=True)
     a, b = step_batch(Two(), s, 5), step_batch(Two(), s, 5)
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and a[0].shape == (2, 3, 32, 32)
     assert set(a[1].unique().tolist()) <= {1, 255}
@@ -260,3 +260,28 @@ def test_cli_missing_dataset_root_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "needs root" in err and "Traceback" not in err
     assert not (tmp_path / "r").exists()  # nothing written on bad input
+
+
+def test_drop_path_rises_linearly_to_the_last_block():
+    from densessl.evaluation.finetune.model import set_drop_path
+
+    net = tiny(3)
+    set_drop_path(net, 0.2)
+    blocks = net.model.blocks
+    assert isinstance(blocks[0].drop_path1, torch.nn.Identity)
+    assert blocks[1].drop_path1.drop_prob == pytest.approx(0.1)
+    assert blocks[2].drop_path2.drop_prob == pytest.approx(0.2)
+
+
+def test_crop_redraws_while_one_class_dominates():
+    from densessl.evaluation.finetune.pipeline import _crop_box
+
+    label = torch.zeros(8, 32, dtype=torch.long)
+    label[:, 24:] = 1  # a crop at left 19-21 holds 3-5 of 8 columns of class 1: ratio < 0.75
+    gen = torch.Generator().manual_seed(0)
+    mixed = 0
+    for _ in range(40):
+        _, left = _crop_box(label, 8, 0.75, gen)
+        mixed += 19 <= left <= 21
+    # one draw is mixed with p 3/25 (~5 of 40); up to 10 redraws: p 1 - (22/25)^10 = 0.72 (~29)
+    assert mixed >= 20
