@@ -100,3 +100,42 @@ def test_export_files_recipe_and_refusals(tmp_path, capsys):
 def test_cli_export_to_detectron2(tiny_run, tmp_path, capsys):
     assert main(["export", str(tiny_run), "--out", str(tmp_path / "e"), "--to", "detectron2"]) == 0
     assert "train.init_checkpoint=" in capsys.readouterr().out
+
+
+#: SelfPatch's own mmdet ViT (alinlab/SelfPatch @81aef14, detection/backbone/vit_SelfPatch.py,
+#: ``SelfPatch_ViT(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2,
+#: qkv_bias=True, out_indices=[0, 1])``, mmcv / mmdet imports stubbed, run once in a scratch
+#: environment) loaded the ``--to mmdet`` export of the backbone built below with
+#: ``strict=False``: only ``fpn1`` missing (its deconv pyramid), nothing unexpected. Its block
+#: outputs on the input below (sum, first token's first 4 values), which densessl matched to
+#: max |diff| 8e-6:
+SELFPATCH_BLOCKS = [
+    (612.3339629806578, [1.1915502548, 0.0444950461, 0.6744769811, 0.0503544509]),
+    (960.2838166356087, [1.0456289052, -1.0347700119, 0.5353907942, -0.3116059303]),
+]
+
+
+def test_selfpatch_mmdet_vit_gives_the_same_block_outputs():
+    config = BackboneConfig(arch="vit_tiny", patch_size=8, img_size=64, depth=2, embed_dim=32,
+                            num_heads=2, cls_token=False)  # fmt: skip
+    net = build_backbone(config).eval()
+    with torch.no_grad():
+        for k, (name, t) in enumerate(sorted(net.model.state_dict().items())):
+            n = t.numel()
+            v = (0.2 * torch.sin(torch.arange(n, dtype=torch.float64) * 0.29 + k)).float()
+            t.copy_(
+                v.reshape(t.shape) + (1.0 if "norm" in name and name.endswith("weight") else 0.0)
+            )
+    assert set(detection_state_dict(net, "mmdet")) == set(official_vit_shapes("backbone.", False))
+    n = 2 * 3 * 64 * 64
+    x = (
+        (torch.sin(torch.arange(n, dtype=torch.float64) * 0.013) * 1.5)
+        .float()
+        .reshape(2, 3, 64, 64)
+    )
+    with torch.no_grad():
+        outs = net.block_tokens(x, [0, 1], norm=False)
+    for (_, patches), (total, first) in zip(outs, SELFPATCH_BLOCKS, strict=True):
+        tokens = patches.reshape(2, -1, 32)
+        assert float(tokens.double().sum()) == pytest.approx(total, rel=1e-5)
+        assert tokens[0, 0, :4].tolist() == pytest.approx(first, abs=1e-5)
