@@ -108,7 +108,12 @@ def test_cli_export_to_detectron2(tiny_run, tmp_path, capsys):
 #: environment) loaded the ``--to mmdet`` export of the backbone built below with
 #: ``strict=False``: only ``fpn1`` missing (its deconv pyramid), nothing unexpected. Its block
 #: outputs on the input below (sum, first token's first 4 values), which densessl matched to
-#: max |diff| 8e-6:
+#: max |diff| 8e-6. detectron2's own ``ViT`` (facebookresearch/detectron2 @02b5c4e,
+#: ``detectron2/modeling/backbone/vit.py``, its detectron2 imports stubbed; ``pretrain_img_size
+#: =64``, LayerNorm eps 1e-6) loaded the ``--to detectron2`` export of the same backbone with
+#: ``strict=True`` (every key matched) and gave the same last-block output (sum
+#: 960.2838166356087, max |diff| 8e-6). With a CLS token the outputs differ (both codebases'
+#: ViTs drop the token), as for ViTDet's MAE weights.
 SELFPATCH_BLOCKS = [
     (612.3339629806578, [1.1915502548, 0.0444950461, 0.6744769811, 0.0503544509]),
     (960.2838166356087, [1.0456289052, -1.0347700119, 0.5353907942, -0.3116059303]),
