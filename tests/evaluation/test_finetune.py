@@ -285,3 +285,52 @@ def test_crop_redraws_while_one_class_dominates():
         mixed += 19 <= left <= 21
     # one draw is mixed with p 3/25 (~5 of 40); up to 10 redraws: p 1 - (22/25)^10 = 0.72 (~29)
     assert mixed >= 20
+
+
+class _WindowModel(torch.nn.Module):
+    """A content-dependent toy segmenter with fixed weights (the parity below)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 5, padding=2)
+        with torch.no_grad():
+            w = self.conv.weight
+            w.copy_(
+                0.3 * torch.sin(torch.arange(w.numel(), dtype=torch.float64) * 0.7).reshape(w.shape)
+            )
+            self.conv.bias.copy_(torch.tensor([0.1, -0.2, 0.05]))
+
+    def forward(self, x):
+        return self.conv(x) * (1 + x.mean(dim=(1, 2, 3), keepdim=True))
+
+
+#: Segmenter's own ``inference`` (rstrudel/segmenter @20d1bfa, ``segm/model/utils.py``:
+#: ``sliding_window`` + ``merge_windows`` + resize + softmax; run once in a scratch
+#: environment with ``segm.utils.torch`` stubbed) on :class:`_WindowModel` and the 40 x 72
+#: image below: probabilities at pixels (0, 0) and (20, 50), and class 0's sum. Ours
+#: matched to max |diff| 2.4e-7 (window 48 is above the short side: both resize it up).
+SEGMENTER_SLIDE = {
+    (32, 24): (
+        [0.9002450704, 0.0901149138, 0.0096400454],
+        [0.4350964725, 0.0021348192, 0.5627686977],
+        1115.7435802753316,
+    ),
+    (48, 16): (
+        [0.7870621681, 0.1389106512, 0.0740271508],
+        [0.5288633108, 0.0406424216, 0.4304942190],
+        1438.209262125194,
+    ),
+}
+
+
+@pytest.mark.parametrize(("window", "stride"), list(SEGMENTER_SLIDE))
+def test_sliding_window_equals_segmenter_inference(window, stride):
+    n = 3 * 40 * 72
+    image = (0.5 + 0.5 * torch.sin(torch.arange(n, dtype=torch.float64) * 0.031)).float()
+    with torch.no_grad():
+        logits = slide_logits(_WindowModel().eval(), image.reshape(1, 3, 40, 72), window, stride)
+    probs = torch.nn.functional.interpolate(logits, size=(40, 72), mode="bilinear").softmax(1)[0]
+    first, middle, total = SEGMENTER_SLIDE[(window, stride)]
+    assert probs[:, 0, 0].tolist() == pytest.approx(first, abs=1e-6)
+    assert probs[:, 20, 50].tolist() == pytest.approx(middle, abs=1e-6)
+    assert float(probs[0].double().sum()) == pytest.approx(total, rel=1e-6)
