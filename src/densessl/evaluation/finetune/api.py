@@ -69,7 +69,9 @@ def _settings(dataset: str, decoder: str, values: Mapping[str, Any], size: int) 
     hints = typing.get_type_hints(FinetuneSettings)
     typed: dict[str, Any] = {}
     for key, value in values.items():
-        if key not in hints or key == "decoder":
+        if key == "decoder":
+            raise ConfigError("choose the decoder with --decoder NAME (decoder= in Python)")
+        if key not in hints:
             raise ConfigError(
                 f"unknown finetune setting {brief(key)}; valid settings: "
                 f"{', '.join(sorted(k for k in hints if k != 'decoder'))}"
