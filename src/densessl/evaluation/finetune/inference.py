@@ -10,7 +10,10 @@ Per validation image (batch 1, as both codebases test):
   one flush with the border), overlapping logits averaged;
 * logits resized bilinearly to the label's original size and soft-maxed; flips are
   un-flipped; the probabilities of every scale / flip are averaged, then argmax;
-* a dataset-level confusion matrix (label 255 ignored) gives per-class IoU and mIoU (under
+* a dataset-level confusion matrix (label 255 ignored) gives per-class IoU and mIoU, the mean
+  over classes with a non-empty union (mmseg's ``np.nanmean``, which Segmenter's
+  ``segm/metrics.py`` and SelfPatch's mmseg both use; a class neither labelled nor predicted
+  has IoU 0 in ``per_class_iou`` but does not count) (under
   ``torchrun`` each process scores every ``W``-th image and the matrices are summed).
 """
 
@@ -127,7 +130,7 @@ def evaluate_segmenter(
         cm.update(probs.argmax(dim=0)[None], label[None])
     model.train(was_training)
     all_reduce_sum(cm.confusion)
-    out = cm.compute("none")
+    out = cm.compute("none", present_only=True)  # nanmean over classes, as mmseg / Segmenter
     confusion = cm.confusion.float()
     accuracy = float(confusion.diag().sum() / confusion.sum().clamp(min=1))
     return {
