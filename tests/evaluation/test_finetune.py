@@ -334,3 +334,27 @@ def test_sliding_window_equals_segmenter_inference(window, stride):
     assert probs[:, 0, 0].tolist() == pytest.approx(first, abs=1e-6)
     assert probs[:, 20, 50].tolist() == pytest.approx(middle, abs=1e-6)
     assert float(probs[0].double().sum()) == pytest.approx(total, rel=1e-6)
+
+
+def test_miou_averages_classes_with_a_non_empty_union_as_mmseg():
+    from densessl.evaluation.finetune.inference import evaluate_segmenter
+
+    class One:
+        num_classes, ignore_index = 3, 255
+
+        def __len__(self):
+            return 1
+
+        def __getitem__(self, i):
+            return {
+                "image": torch.zeros(3, 16, 16, dtype=torch.uint8),
+                "label": torch.zeros(16, 16),
+            }
+
+    model = torch.nn.Conv2d(3, 3, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+        model.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))  # class 0 everywhere
+    s = scenes_recipe("linear", 16, eval_mode="whole")
+    out = evaluate_segmenter(model, One(), s, progress=False)
+    assert out["miou"] == 1.0 and out["per_class_iou"] == [1.0, 0.0, 0.0]  # 1 and 2: no union
