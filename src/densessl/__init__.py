@@ -5,6 +5,7 @@ The public API, by name (``densessl.pretrain(...)`` equals ``densessl pretrain .
 ==========================  ==============================================================
 ``pretrain``                :func:`densessl.train.trainer.pretrain`
 ``evaluate``                :func:`densessl.evaluation.api.evaluate`
+``finetune``                :func:`densessl.evaluation.finetune.api.finetune`
 ``visualize``               :func:`densessl.viz.panels.visualize`
 ``export_backbone``         :func:`densessl.export.export_backbone`
 ``build_backbone``          :func:`densessl.models.vit.build_backbone`
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 _PUBLIC_API = {
     "pretrain": "densessl.train.trainer",
     "evaluate": "densessl.evaluation.api",
+    "finetune": "densessl.evaluation.finetune.api",
     "visualize": "densessl.viz.panels",
     "export_backbone": "densessl.export",
     "build_backbone": "densessl.models.vit",

@@ -1,4 +1,5 @@
-"""Command line: ``densessl pretrain|eval|viz|export|methods|scenes|demo`` (API wrappers)."""
+"""Command line: ``densessl pretrain|eval|finetune|viz|export|methods|scenes|demo`` (API
+wrappers)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 from densessl.cli_errors import run_command
 from densessl.cli_help import EVAL_HELP, EXPORT_HELP, PRETRAIN_HELP, VIZ_HELP
+from densessl.evaluation.finetune.cli import add_finetune_parser
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
@@ -130,8 +132,14 @@ def _cmd_viz(args: argparse.Namespace) -> int:
 def _cmd_export(args: argparse.Namespace) -> int:
     import json
 
-    from densessl.export import export_backbone
+    from densessl.export import export_backbone, export_detection
 
+    if args.to != "timm":
+        out = export_detection(args.run, args.out, args.to, which=args.which)
+        recipe = json.loads((out / "detection.json").read_text())
+        print(f"exported {recipe['keys']} {args.to} backbone tensors to {out / (args.to + '.pth')}")
+        print("config overrides:\n  " + "\n  ".join(recipe["overrides"]))
+        return 0
     out = export_backbone(args.run, args.out, which=args.which, verify=not args.no_verify)
     meta = json.loads((out / "meta.json").read_text())
     check = meta.get("verified_max_abs_diff")
@@ -225,9 +233,11 @@ def _add_eval_parser(sub: argparse._SubParsersAction, with_protocols: bool) -> N
         q.set_defaults(func=_cmd_eval, protocol_name=name)
 
 
-def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
-    """The argument parser; ``with_protocols=False`` leaves the registry unread (see
-    :func:`_add_eval_parser`)."""
+def build_parser(
+    with_protocols: bool = True, with_decoders: bool = True
+) -> argparse.ArgumentParser:
+    """The argument parser; ``with_protocols=False`` / ``with_decoders=False`` leave the
+    protocol / decoder registries unread (see :func:`_add_eval_parser`)."""
     parser = argparse.ArgumentParser(
         prog="densessl",
         description="Dense self-supervised pretraining of ViTs and dense-feature evaluation.",
@@ -274,6 +284,7 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_pretrain)
 
     _add_eval_parser(sub, with_protocols)
+    add_finetune_parser(sub, with_decoders, _positive, _add_format_option)
 
     p = sub.add_parser(
         "viz",
@@ -315,6 +326,13 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
     )
     p.add_argument("--which", default="teacher", choices=("teacher", "student"))
     _add_format_option(p)
+    p.add_argument(
+        "--to",
+        default="timm",
+        choices=("timm", "detectron2", "mmdet"),
+        help="timm (default); detectron2: ViTDet backbone.net.* keys; mmdet: the SelfPatch / "
+        "FLSL Mask R-CNN backbone.* keys (README: detection hand-off)",
+    )
     p.add_argument("--no-verify", action="store_true", help="skip the plain-timm feature check")
     p.set_defaults(func=_cmd_export)
 
@@ -346,7 +364,8 @@ def build_parser(with_protocols: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     words = list(sys.argv[1:] if argv is None else argv)
     command = next((w for w in words if not w.startswith("-")), None)
-    args = build_parser(with_protocols=command == "eval").parse_args(words)
+    parser = build_parser(with_protocols=command == "eval", with_decoders=command == "finetune")
+    args = parser.parse_args(words)
     from densessl.models.formats.choice import use_format
 
     with use_format(getattr(args, "format", None)):  # --format: every loader reads it

@@ -60,7 +60,7 @@ from densessl.io.paths import user_path
 from densessl.io.writes import disk_full_named
 from densessl.models.vit import ViTBackbone
 
-__all__ = ["WEIGHTS_NAME", "export_backbone", "load_export", "timm_from_export"]
+__all__ = ["WEIGHTS_NAME", "export_backbone", "export_detection", "load_export", "timm_from_export"]
 
 WEIGHTS_NAME = "model.safetensors"
 EXPORT_FORMAT = "densessl-export"
@@ -310,3 +310,62 @@ def load_export(path: str | os.PathLike[str]) -> ViTBackbone:
     model = from_export(path).model
     assert isinstance(model, ViTBackbone)
     return model
+
+
+def _detection_recipe(to: str, backbone: ViTBackbone, path: Path) -> dict[str, Any]:
+    c = backbone.config
+    arch = {"patch_size": c.patch_size, "embed_dim": c.resolved_embed_dim,
+            "depth": c.resolved_depth, "num_heads": c.resolved_num_heads}  # fmt: skip
+    if to == "detectron2":
+        net = {**arch, "pretrain_img_size": c.img_size, "pretrain_use_cls_token": True}
+        lines = [f"model.backbone.net.{k}={v}" for k, v in net.items()]
+        return {"overrides": [*lines, f"train.init_checkpoint={path}"], "backbone": net}
+    net = {**arch, "img_size": c.img_size}
+    lines = [f"model.backbone.{k}={v}" for k, v in net.items()]
+    return {"overrides": [*lines, f"load_from={path}"], "backbone": net}
+
+
+def export_detection(
+    source: str | os.PathLike[str] | ViTBackbone, out: str | os.PathLike[str], to: str,
+    *, which: str = "teacher",
+) -> Path:  # fmt: skip
+    """Write the backbone for a detection codebase: ``OUT/{to}.pth`` + ``OUT/detection.json``.
+
+    ``to`` is ``"detectron2"`` (ViTDet's ``backbone.net.*``, ``{"model": ...}``) or ``"mmdet"``
+    (the SelfPatch / FLSL ``backbone.*``, ``{"state_dict": ..., "meta": ...}``); the key
+    layouts are in :mod:`densessl.models.detection_layout`. ``detection.json`` holds the
+    config overrides that make the target's ViT match this backbone and load the file.
+
+    Raises:
+        ConfigError: unknown ``to``, a backbone the target's ViT cannot hold, or an ``out``
+            holding files densessl did not write.
+        CheckpointError: nothing loadable at ``source``.
+    """
+    from densessl.models.detection_layout import DETECTION_TARGETS, detection_state_dict
+
+    if to not in DETECTION_TARGETS:
+        raise ConfigError(f"--to {to!r}: choose timm, {', '.join(DETECTION_TARGETS)}")
+    out = user_path(out)
+    names = {f"{t}.pth" for t in DETECTION_TARGETS} | {"detection.json"}
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} is a file; give a folder for the export")
+    listed = list(out.iterdir()) if out.is_dir() else []
+    foreign = sorted(p.name for p in listed if p.name not in names and p.suffix != ".tmp")
+    if foreign:
+        raise ConfigError(
+            f"--out {out} holds files densessl did not write ({', '.join(foreign[:3])}); "
+            "give a new or empty folder, or an earlier `densessl export --to` folder"
+        )
+    backbone, origin = _resolve(source, which)
+    try:
+        state = detection_state_dict(backbone, to)
+    except ValueError as err:
+        raise ConfigError(f"cannot export for {to}: {err}") from err
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{to}.pth"
+    meta = {"format": "densessl-detection-export", "target": to, "step": origin.get("step"),
+            "method": origin.get("method"), "keys": len(state)}  # fmt: skip
+    payload = {"model": state} if to == "detectron2" else {"state_dict": state, "meta": meta}
+    _write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    _write_json(out / "detection.json", {**meta, **_detection_recipe(to, backbone, path)})
+    return out

@@ -366,3 +366,31 @@ register_protocol(
         aliases=("spair", "keypoints"),
     )
 )
+
+
+def _multilayer_record() -> ProtocolRecord:
+    from densessl.evaluation.linear.multilayer import (
+        MultiLayerProtocol,
+        describe_multilayer,
+        train_multilayer_probe,
+    )
+
+    return ProtocolRecord(
+        name="linear4",
+        description="DINOv2 multi-layer linear probe: last 4 blocks + BN + 1x1 (train -> val)",
+        settings=MultiLayerProtocol,
+        run=train_multilayer_probe,
+        describe=describe_multilayer,
+        summarize=summarize_linear,
+        source="facebookresearch/dinov2 @b8931f7, dinov2/eval/segmentation/models/"
+        "decode_heads/linear_head.py (BNHead); training recipe: Leopart's linear probe",
+        help="The patch tokens of the last num_blocks blocks (final norm applied) "
+        "concatenated, BatchNorm, a 1x1 conv, on frozen features; image_size=512 for "
+        "DINOv2's 512 crops. Leopart's probe pipeline and SGD recipe otherwise.",
+        train_splits={"voc": "trainaug"},
+        train_options={"cocostuff": {"fraction": 0.1}, "cocothings": {"fraction": 0.1}},
+        aliases=("dinov2_linear",),
+    )
+
+
+register_protocol(_multilayer_record())

@@ -29,10 +29,10 @@ from densessl.evaluation.preprocess_labels import (
 if TYPE_CHECKING:
     from densessl.evaluation.linear.probe import LinearProtocol
 
-__all__ = ["HEADS", "FCNHead", "LinearHead", "build_head", "fit_head", "sgd_step"]
+__all__ = ["HEADS", "BNLinearHead", "FCNHead", "LinearHead", "build_head", "fit_head", "sgd_step"]
 
 #: Head names accepted by :func:`build_head` (``LinearProtocol.head``).
-HEADS = ("linear", "fcn")
+HEADS = ("linear", "fcn", "bn_linear")
 
 
 class LinearHead(nn.Module):
@@ -52,6 +52,21 @@ class LinearHead(nn.Module):
         if tuple(logits.shape[-2:]) != tuple(size):
             logits = F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
         return logits
+
+
+class BNLinearHead(LinearHead):
+    """DINOv2's ``BNHead``: BatchNorm over the (concatenated) features, then a 1x1 conv
+    (facebookresearch/dinov2 @b8931f7, ``dinov2/eval/segmentation/models/decode_heads/
+    linear_head.py``; SyncBN there, one-process BN here). Batch statistics in training,
+    running statistics when scoring."""
+
+    def __init__(self, in_channels: int, num_classes: int) -> None:
+        super().__init__(in_channels, num_classes)
+        self.bn = nn.BatchNorm2d(in_channels)
+
+    def forward(self, features: Tensor, size: tuple[int, int]) -> Tensor:
+        """``features [B, D, h, w]`` → logits ``[B, C, *size]``."""
+        return super().forward(self.bn(features), size)
 
 
 class FCNHead(nn.Module):
@@ -101,7 +116,8 @@ def build_head(
     fcn_channels: int = 512,
     fcn_dropout: float = 0.1,
 ) -> nn.Module:
-    """A :class:`LinearHead` (``name="linear"``) or :class:`FCNHead` (``name="fcn"``).
+    """A :class:`LinearHead` (``name="linear"``), :class:`FCNHead` (``name="fcn"``) or
+    :class:`BNLinearHead` (``name="bn_linear"``).
 
     Raises:
         ValueError: Unknown ``name``.
@@ -110,6 +126,8 @@ def build_head(
         return FCNHead(in_channels, num_classes, feature_size, fcn_channels, fcn_dropout)
     if name == "linear":
         return LinearHead(in_channels, num_classes)
+    if name == "bn_linear":
+        return BNLinearHead(in_channels, num_classes)
     raise ValueError(f"unknown head {name!r}; choose one of {HEADS}")
 
 

@@ -114,7 +114,8 @@ class LinearProtocol:
         crop_scale / crop_ratio: RandomResizedCrop area fraction and aspect-ratio ranges.
         flip: Random horizontal flips (p 0.5) in training.
         seed: Seed of head init, data order, augmentation and dropout.
-        head: ``"linear"`` (1x1 conv) or ``"fcn"`` (mmseg-style FCNHead).
+        head: ``"linear"`` (1x1 conv), ``"fcn"`` (mmseg-style FCNHead) or ``"bn_linear"``
+            (BatchNorm + 1x1 conv, DINOv2's BNHead; the ``linear4`` protocol).
         fcn_channels / fcn_dropout: FCN width and dropout before the classifier.
         cache_views: ``0``: run the backbone on fresh views every epoch (Leopart);
             ``k >= 1``: cache the features of ``k`` views per training image (see module
