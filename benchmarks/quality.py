@@ -75,6 +75,8 @@ class Budget:
     retrieval: dict[str, Any] = field(default_factory=dict)
     #: protocol → {"data": dataset options, "settings": overrides} (``quality_columns.py``)
     image_level: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(IMAGE_LEVEL))
+    #: ``densessl finetune seg`` overrides of the fine-tuned column ({} leaves it out)
+    finetune: dict[str, Any] = field(default_factory=lambda: {"iterations": 300})
     pretrain_overrides: tuple[str, ...] = ()
 
     def shared_overrides(self, seed: int) -> list[str]:
@@ -119,6 +121,7 @@ QUICK = Budget(
         "video": {"data": {"num_videos": 2, "num_frames": 4, "size": 64}},
         "correspondence": {"data": {"num_pairs": 4, "size": 64}},
     },
+    finetune={"iterations": 2, "batch_size": 4},
 )
 
 

@@ -73,7 +73,7 @@ def _method_config(row: str, seed: int, budget: Any) -> Any:
 
 def _eval_spec(budget: Any) -> dict[str, Any]:
     keys = ("eval_scenes", "eval_seed", "scenes_size", "scenes_class_set")
-    keys += ("linear", "cluster", "retrieval", "image_level")
+    keys += ("linear", "cluster", "retrieval", "image_level", "finetune")
     return {k: getattr(budget, k) for k in keys}
 
 
@@ -222,11 +222,15 @@ def evaluate_backbone(extractor: Any, datasets: dict[str, Any], budget: Any) -> 
         out = evaluate_retrieval(extractor, train, val, retrieval, progress=False)
         results["retrieval"] = 100 * out["miou_no_matching"]
         summary["retrieval"] = summarize("retrieval", retrieval, jsonable(out))
-        from quality_columns import evaluate_image_level
+        from quality_columns import evaluate_finetuned, evaluate_image_level
 
         more, rows = evaluate_image_level(extractor, budget)
         results.update(more)
         summary.update(rows)
+        tuned = evaluate_finetuned(extractor, budget)
+        if tuned is not None:
+            results["finetune"] = tuned[0]
+            summary["finetune"] = {k: tuned[1][k] for k in ("settings", "source", "results")}
     return {
         "results": results,
         "summary": summary,

@@ -9,12 +9,18 @@ use the segmentation columns' ``eval_seed``, size and class set, so one trained 
 scored on the same rendered world. The headline of each column is the protocol's first
 summary row (top-1, CorLoc, J&F-Mean, PCK), in percent.
 
+``finetune`` (:func:`evaluate_finetuned`) fine-tunes a copy of the row's backbone end to end
+with Segmenter's linear decoder on the held-out scenes' train split (``densessl finetune seg``,
+its scenes recipe, ``Budget.finetune`` iterations) and scores val mIoU.
+
 The label-painted oracle rows (``onehot-*``) are segmentation ceilings only and skip these
 columns; the ``supervised`` row is their ceiling, ``random`` their floor.
 """
 
 from __future__ import annotations
 
+import copy
+import tempfile
 from typing import Any
 
 #: Scene-level kinds take the segmentation columns' world; the others their own generators.
@@ -52,3 +58,26 @@ def evaluate_image_level(extractor: Any, budget: Any) -> tuple[dict[str, float],
         results[name] = 100 * rows[0]["miou"]
         summary[name] = rows
     return results, summary
+
+
+def evaluate_finetuned(extractor: Any, budget: Any) -> tuple[float, dict[str, Any]] | None:
+    """``(val mIoU %, the fine-tuning record)`` of a copy of the row's backbone, or None when
+    the row has no trainable backbone (label oracles, plain callables)."""
+    from densessl.evaluation.finetune.api import finetune
+    from densessl.models.vit import ViTBackbone
+
+    backbone = getattr(extractor, "model", None)
+    if not isinstance(backbone, ViTBackbone) or not budget.finetune:
+        return None
+    data = {
+        "data.num_images": budget.eval_scenes,
+        "data.seed": budget.eval_seed,
+        "data.size": budget.scenes_size,
+        "data.class_set": budget.scenes_class_set,
+    }
+    with tempfile.TemporaryDirectory(prefix="quality-finetune-") as out:
+        record = finetune(
+            "seg", copy.deepcopy(backbone).train(), "scenes", out=out, decoder="linear",
+            overrides={**data, **budget.finetune}, progress=False, verbose=False,
+        )  # fmt: skip
+    return 100 * record["results"]["miou"], record

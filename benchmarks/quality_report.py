@@ -27,6 +27,7 @@ COLUMNS = (
     ("discovery", "CorLoc"),
     ("video", "video J&F"),
     ("correspondence", "PCK@0.1"),
+    ("finetune", "fine-tuned linear"),
 )
 LABELS = {
     "onehot-pixel": "one-hot labels, pixel cells (evaluator sanity)",
@@ -253,7 +254,9 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
             f"retrieval {budget.retrieval or 'none'}. Image-level and video columns "
             "(quality_columns.py, their scenes presets): k-NN top-1 on dominant-object labels, "
             "LOST CorLoc on the exact object boxes, DAVIS-style J&F on synthetic videos, "
-            f"PCK@0.1 on view pairs; data {budget.image_level}.",
+            f"PCK@0.1 on view pairs; data {budget.image_level}. Fine-tuned: a copy of the "
+            "backbone with Segmenter's linear decoder, densessl finetune seg's scenes recipe "
+            f"({budget.finetune}) on the held-out train split, val mIoU.",
             f"- Hardware: {hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} "
             f"threads, {hardware.get('device', '?')}, autocast {hardware.get('dtype', '?')}, "
             f"torch {hardware.get('torch', '?')}.",

@@ -48,7 +48,7 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
         if not cell["row"].startswith("onehot"):
             dense = {"linear", "cluster_C", "cluster_4C", "retrieval"}
             image_level = {"knn", "discovery", "video", "correspondence"}
-            assert set(cell["results"]) == dense | image_level
+            assert set(cell["results"]) == dense | image_level | {"finetune"}
             assert all(0.0 <= cell["results"][k] <= 100.0 for k in image_level)
         if cell["row"] not in ("random",) and not cell["row"].startswith("onehot"):
             assert cell["training"]["steps"] == 3
