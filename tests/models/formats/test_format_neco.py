@@ -186,3 +186,25 @@ def test_lightning_file_with_sacred_lists_loads_without_running_code(tmp_path):
     hparams = state["hyper_parameters"]
     assert type(hparams["crops_for_assign"]) is list and hparams["crops_for_assign"] == [0, 1]
     assert hparams["sort_net"] == "bitonic" and detect_format(state) == "neco"
+
+
+@pytest.mark.parametrize(
+    ("width", "version", "patch", "img", "registers", "arch"),
+    [
+        (384, "v1", 16, 224, 0, "vit_small"),  # neco_on_dino_vit16 (224 px table: 1 + 14*14)
+        (384, "v2", 14, 518, 4, "vit_small"),  # neco_on_dinov2r_vit14 (518 px: 1 + 37*37)
+        (768, "v2", 14, 518, 0, "vit_base"),  # vit-base/neco_on_dinov2_vit14
+    ],
+)
+def test_released_architectures_are_inferred(tmp_path, width, version, patch, img, registers, arch):
+    """The README's ViT-S/16, ViT-S/14 (DINOv2-R) and ViT-B/14 at their widths and position
+    tables; one block here, the depth is read off the weights."""
+    path = tmp_path / "neco.ckpt"
+    write_neco(path, version, d=width, depth=1, p=patch, img=img, registers=registers)
+    backbone = load_backbone(path)
+    config = backbone.config
+    assert (config.arch, config.patch_size, config.resolved_depth) == (arch, patch, 1)
+    assert (config.img_size, backbone.num_registers) == (img, registers)
+    assert config.family == ("dinov2" if version == "v2" else "vit")
+    grid = backbone.tokens(torch.zeros(1, 3, 2 * patch, 3 * patch))[1].shape
+    assert grid == (1, 2, 3, width)
