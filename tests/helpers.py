@@ -421,6 +421,111 @@ def write_leopart(
     return teacher
 
 
+def neco_network_shapes(
+    version: str, d: int, depth: int, p: int, img: int, registers: int = 0
+) -> dict:
+    """One NeCo network as vpariza/NeCo @3932160 names it: ``v1`` (``src/models/vit.py``,
+    DINO's ViT) or ``v2`` (``src/models/vit_v2.py``, DINOv2's ``DinoVisionTransformer``:
+    ``register_tokens``, ``mask_token``, ``ls1/ls2.gamma``), each with its 3-layer
+    ``projection_head`` (``Sequential``: Linear 0, GELU, Linear 2, GELU, Linear 4)."""
+    shapes = official_layout_shapes(d, depth, p, img)
+    if version == "v2":
+        shapes["mask_token"] = (1, d)
+        if registers:
+            shapes["register_tokens"] = (1, registers, d)
+        for i in range(depth):
+            shapes[f"blocks.{i}.ls1.gamma"] = shapes[f"blocks.{i}.ls2.gamma"] = (d,)
+    for layer, (rows, cols) in {0: (16, d), 2: (16, 16), 4: (8, 16)}.items():
+        shapes[f"projection_head.{layer}.weight"] = (rows, cols)
+        shapes[f"projection_head.{layer}.bias"] = (rows,)
+    return shapes
+
+
+def write_neco(
+    path: Path,
+    version: str = "v1",
+    container: str = "released",
+    d: int = 32,
+    depth: int = 2,
+    p: int = 16,
+    img: int = 32,
+    registers: int = 0,
+    head: bool = True,
+) -> dict:
+    """A NeCo checkpoint: ``released`` (the README's ``neco_on_*_teacher.ckpt``: the teacher
+    network's bare state dict) or ``lightning`` (what ``train_with_neco.py``'s
+    ``ModelCheckpoint`` saves with Lightning 2.5: ``state_dict`` of ``model.`` student and
+    ``teacher.`` networks, string-keyed ``callbacks``, plain-dict ``hyper_parameters``);
+    returns the teacher network's weights (with the head unless ``head=False``)."""
+    shapes = neco_network_shapes(version, d, depth, p, img, registers)
+    teacher, student = seeded_weights(shapes, 0), seeded_weights(shapes, 1)
+    if not head:
+        teacher = {k: v for k, v in teacher.items() if not k.startswith("projection_head.")}
+    if container == "released":
+        torch.save(teacher, path)
+        return teacher
+    callback = "ModelCheckpoint{'monitor': None, 'mode': 'min', 'every_n_train_steps': 0}"
+    read_only = _sacred_read_only_list()  # sacred's captured config: read-only lists
+    hparams = {"arch": "vit-small", "arch_version": version, "patch_size": p}
+    hparams.update(sort_net="bitonic", student_steepness=100, num_register_tokens=registers)
+    hparams.update(crops_for_assign=read_only([0, 1]), nmb_crops=read_only([1, 2]))
+    _save_with_fake_modules(
+        {
+            "epoch": 24,
+            "global_step": 500,
+            "pytorch-lightning_version": "2.5.0.post0",
+            "state_dict": {
+                **{f"model.{k}": v for k, v in student.items()},
+                **{f"teacher.{k}": v for k, v in teacher.items()},
+            },
+            "loops": {"fit_loop": {"state_dict": {}, "epoch_progress": {"current": {}}}},
+            "callbacks": {callback: {"monitor": None, "best_model_path": ""}},
+            "optimizer_states": [{"state": {}, "param_groups": []}],
+            "lr_schedulers": [],
+            "hparams_name": "kwargs",
+            "hyper_parameters": hparams,
+        },
+        path,
+        read_only,
+    )
+    return teacher
+
+
+_SACRED = "sacred.config.custom_containers"
+
+
+def _sacred_read_only_list() -> type:
+    """A stand-in for sacred 0.8.7's ``ReadOnlyList`` that pickles under sacred's name, as
+    ``ReadOnlyContainer.__reduce__`` does: the class applied to a plain copy."""
+
+    class ReadOnlyList(list):
+        def __reduce__(self):
+            return self.__class__, ([*self],)
+
+    ReadOnlyList.__module__ = _SACRED
+    ReadOnlyList.__qualname__ = "ReadOnlyList"
+    return ReadOnlyList
+
+
+def _save_with_fake_modules(obj: object, path: Path, read_only: type) -> None:
+    """``torch.save`` while sacred's module path names ``read_only`` (sacred not needed)."""
+    import sys
+    import types
+
+    made = {name: types.ModuleType(name) for name in ("sacred", "sacred.config", _SACRED)}
+    made[_SACRED].ReadOnlyList = read_only
+    saved = {k: sys.modules.get(k) for k in made}
+    sys.modules.update(made)
+    try:
+        torch.save(obj, path)
+    finally:
+        for key, module in saved.items():
+            if module is None:
+                sys.modules.pop(key, None)
+            else:  # pragma: no cover - sacred installed
+                sys.modules[key] = module
+
+
 def msgpack_bytes(value: object) -> bytes:
     """A minimal msgpack encoder with flax's array ext type (``flax/serialization.py``:
     ext 1 = msgpack ``[shape, dtype name, C-order bytes]``), to write Flax checkpoints

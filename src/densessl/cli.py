@@ -319,7 +319,8 @@ def build_parser(
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "run", help="run directory, or a densessl / DINO / SelfPatch / Leopart / LOCA / FLSL file"
+        "run",
+        help="run directory, or a densessl / DINO / SelfPatch / Leopart / LOCA / FLSL / NeCo file",
     )
     p.add_argument(
         "--out", required=True, help="export folder (an earlier export in it is replaced)"

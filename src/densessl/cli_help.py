@@ -41,7 +41,7 @@ Examples:
 --backbone: a run directory (EMA teacher of checkpoints/last.pt; --which student), a
 densessl or official DINO / DINOv2 / DINOv3 checkpoint file (family, registers and size
 inferred), a timm-layout .pth or .safetensors, a released SelfPatch / Leopart / LOCA (Flax) /
-FLSL checkpoint (format detected, or --format NAME), an exported backbone (.safetensors +
+FLSL / NeCo checkpoint (format detected, or --format NAME), an exported backbone (.safetensors +
 meta.json), timm:NAME with --weights FILE, or random:ARCH / random:RUN_DIR. Settings override
 by name (epochs=10, num_clusters=[C,100], memory_size=null); dataset options under data.
 (data.num_images=200 for scenes). On scenes the CPU presets are used; real datasets get
@@ -78,8 +78,8 @@ timm's config.json. Plain timm loads it without densessl:
       pretrained_cfg_overlay=dict(file="EXPORT/model.safetensors"), **meta["timm_kwargs"])
 
 The source may also be a densessl checkpoint, an official DINO / DINOv2 / DINOv3 checkpoint
-or a released SelfPatch / Leopart / LOCA (Flax) / FLSL checkpoint (format detected, or
---format NAME); DINOv2 exports as timm's vit_*_patch14_dinov2, DINOv3 as vit_*_dinov3_qkvb.
+or a released SelfPatch / Leopart / LOCA (Flax) / FLSL / NeCo checkpoint (format detected,
+or --format NAME); DINOv2 exports as timm's vit_*_patch14_dinov2, DINOv3 as vit_*_dinov3_qkvb.
 The export is checked after writing: plain timm must give the same patch features.
 `densessl eval --backbone EXPORT` and `densessl viz --backbone EXPORT` read it back.
 """

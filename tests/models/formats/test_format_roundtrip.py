@@ -14,13 +14,14 @@ from densessl.export import timm_from_export
 from densessl.models.formats.choice import use_format
 from densessl.models.loading import load_backbone
 from densessl.train.warm_start import backbone_weights
-from helpers import write_flsl, write_leopart, write_loca, write_selfpatch
+from helpers import write_flsl, write_leopart, write_loca, write_neco, write_selfpatch
 
 WRITERS = {
     "selfpatch": (write_selfpatch, "selfpatch_vits16.pth"),
     "leopart": (write_leopart, "leopart_vits16.ckpt"),
     "loca": (write_loca, "loca_vsmall_imnet1k"),
     "flsl": (write_flsl, "flsl_vits16.pth"),
+    "neco": (lambda path: write_neco(path, d=192, depth=1), "neco_on_dino_vit16_teacher.ckpt"),
 }
 FAST_CLUSTER = ["seeds=[0]", "n_init=1", "iters=5", "data.num_images=10"]
 
@@ -66,7 +67,8 @@ def test_init_reads_every_format(fmt, tmp_path):
     teacher = writer(path)
     weights = backbone_weights(path)  # what --init loads into student and teacher
     assert "blocks.0.attn.qkv.weight" in weights
-    assert ("cls_token" in weights) == (fmt == "leopart")  # the others have none (FLSL: unused)
+    # the others have none (FLSL: unused)
+    assert ("cls_token" in weights) == (fmt in ("leopart", "neco"))
     assert torch.equal(weights["blocks.0.norm1.bias"], _flat(teacher)["blocks.0.norm1.bias"])
     with use_format(fmt):  # --format NAME, set by the CLI around the command
         assert set(backbone_weights(path)) == set(weights)

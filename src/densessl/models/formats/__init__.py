@@ -9,7 +9,9 @@ weights plus the ``BackboneConfig`` fields the format fixes):
 * :mod:`.selfpatch` (alinlab/SelfPatch, CLS-free ViT-S/16, class-attention head dropped),
 * :mod:`.leopart` (MkuuWaUjinga/leopart, Lightning ``.ckpt``, ``model.``/``teacher.``),
 * :mod:`.loca_flax` (google-research/scenic ``projects/loca``, Flax msgpack, read without JAX),
-* :mod:`.flsl` (QingSuML/FLSL, DINO-style dicts of a CLS-free ViT).
+* :mod:`.flsl` (QingSuML/FLSL, DINO-style dicts of a CLS-free ViT),
+* :mod:`.neco` (vpariza/NeCo, DINO- or DINOv2-style networks with NeCo's projection head;
+  bare released files or Lightning ``.ckpt``).
 
 :mod:`.detect` reads a file (torch or Flax), detects its format (or takes ``--format NAME``,
 :mod:`.choice`) and converts it; official DINO files (and timm-layout files of any family) and

@@ -14,7 +14,17 @@ from collections.abc import Iterator
 __all__ = ["FORMAT_NAMES", "check_format", "requested_format", "use_format"]
 
 #: Formats a file can be named as: the released ones, official DINO and densessl's own.
-FORMAT_NAMES = ("dino", "dinov2", "dinov3", "densessl", "selfpatch", "leopart", "loca", "flsl")
+FORMAT_NAMES = (
+    "dino",
+    "dinov2",
+    "dinov3",
+    "densessl",
+    "selfpatch",
+    "leopart",
+    "loca",
+    "flsl",
+    "neco",
+)
 
 _REQUESTED: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "densessl_checkpoint_format", default=None

@@ -2,10 +2,12 @@
 
 * :func:`read_checkpoint`: Flax msgpack files (LOCA) are decoded without JAX; every other file
   goes through :func:`densessl.io.checkpoint.load_file` (``weights_only=True``), with the
-  Lightning names of :func:`.leopart.lightning_globals` allowed as inert stand-ins.
+  Lightning names of :func:`.leopart.lightning_globals` and sacred's read-only containers
+  (:func:`.neco.sacred_globals`) allowed as inert stand-ins.
 * :func:`detect_format`: the format a loaded object looks like (``densessl``, ``dinov3``,
-  ``dinov2``, ``loca``, ``leopart``, ``selfpatch``, ``flsl``, else ``dino``: official DINO
-  and timm-layout state dicts of any family).
+  ``neco``, ``dinov2``, ``loca``, ``leopart``, ``selfpatch``, ``flsl``, else ``dino``:
+  official DINO and timm-layout state dicts of any family). A named format is accepted when
+  its module's ``accepts(obj)`` (default: ``looks_like``) says so.
 * :func:`convert`: the backbone in timm keys plus the config fields the format fixes; the
   format is the ``fmt`` argument, else ``--format`` (:mod:`.choice`), else detected.
 
@@ -20,15 +22,17 @@ from typing import Any
 
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file
 from densessl.models.dino_compat import describe, dino_state_dict_to_timm
-from densessl.models.formats import dinov2, dinov3, flsl, leopart, loca_flax, selfpatch
+from densessl.models.formats import dinov2, dinov3, flsl, leopart, loca_flax, neco, selfpatch
 from densessl.models.formats.choice import FORMAT_NAMES, check_format, requested_format
 from densessl.models.formats.common import Converted
 
 __all__ = ["FORMAT_NAMES", "convert", "detect_format", "read_checkpoint", "resolve_format"]
 
-#: Converters by name (DINO and densessl have their own paths).
+#: Converters by name, in detection order (DINO and densessl have their own paths). NeCo
+#: comes before DINOv2 and Leopart: its networks have their keys plus NeCo's head.
 CONVERTERS = {
     "dinov3": dinov3,
+    "neco": neco,
     "dinov2": dinov2,
     "loca": loca_flax,
     "leopart": leopart,
@@ -45,6 +49,7 @@ DESCRIPTIONS = {
     "leopart": "Leopart Lightning checkpoint (MkuuWaUjinga/leopart)",
     "loca": "LOCA Flax checkpoint (google-research/scenic projects/loca)",
     "flsl": "FLSL checkpoint (QingSuML/FLSL)",
+    "neco": "NeCo checkpoint (vpariza/NeCo)",
 }
 
 
@@ -73,7 +78,7 @@ def read_checkpoint(path: str | Path, fmt: str | None = None) -> Any:
             raise CheckpointError(
                 f"{path} is not a readable {DESCRIPTIONS['loca']} (a Flax msgpack file): {err}"
             ) from err
-    with leopart.lightning_globals():
+    with leopart.lightning_globals(), neco.sacred_globals():
         return load_file(path)
 
 
@@ -109,7 +114,9 @@ def convert(
             f"{source}: --format densessl, but this is not a densessl training checkpoint "
             f"(it looks like a {DESCRIPTIONS[looks]}; found {describe(obj)})"
         )
-    if fmt != looks and fmt in CONVERTERS and not CONVERTERS[fmt].looks_like(obj):
+    module = CONVERTERS.get(fmt)
+    accepts = getattr(module, "accepts", getattr(module, "looks_like", None))
+    if fmt != looks and accepts is not None and not accepts(obj):
         raise CheckpointError(
             f"{source}: --format {fmt}, but this does not look like a {DESCRIPTIONS[fmt]}; "
             f"it looks like a {DESCRIPTIONS[looks]} (found {describe(obj)}). Leave --format "
