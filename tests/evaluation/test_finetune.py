@@ -15,11 +15,11 @@ from densessl.evaluation.finetune.api import finetune
 from densessl.evaluation.finetune.inference import slide_logits
 from densessl.evaluation.finetune.model import SegmentationModel, param_groups
 from densessl.evaluation.finetune.pipeline import keep_ratio_size, step_batch
-from densessl.evaluation.finetune.schedule import poly_lr
 from densessl.evaluation.finetune.semfpn import SemanticFPN
 from densessl.evaluation.finetune.settings import FinetuneSettings, ade20k_recipe, scenes_recipe
 from densessl.io.checkpoint import CheckpointError, load_file
 from densessl.models.vit import BackboneConfig, build_backbone
+from densessl.ops.schedules import poly_lr
 from densessl.train.signals import TrainingInterrupted
 
 SHORT = ["iterations=4", "batch_size=2", "data.num_images=8", "log_every=1", "checkpoint_every=2"]

@@ -26,17 +26,17 @@ from typing import Any
 
 import timm
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from densessl.config.schema import to_plain
 from densessl.errors import ConfigError
+from densessl.evaluation.extractor import PatchFeatureExtractor, wrap_backbone
 from densessl.io.checkpoint import FORMAT, CheckpointError, load_file
 from densessl.io.paths import user_path
 from densessl.models.arch_checks import export_config
 from densessl.models.formats.detect import detect_format, read_checkpoint, resolve_format
 from densessl.models.loading import backbone_from_state, load_timm_weights
 from densessl.models.run_arch import run_backbone_config, yaml_backbone_config
-from densessl.models.vit import ARCHS, BackboneConfig, ViTBackbone, build_backbone, describe_config
+from densessl.models.vit import ARCHS, BackboneConfig, build_backbone
 
 __all__ = [
     "PatchFeatureExtractor",
@@ -54,68 +54,6 @@ SOURCES_HELP = (
     "(folder or .safetensors with meta.json), timm:NAME (with "
     "weights=FILE) or random:ARCH / random:RUN_DIR"
 )
-
-
-class PatchFeatureExtractor(nn.Module):
-    """A frozen backbone as an evaluation extractor: ``images -> patches [B, h, w, D]``.
-
-    Args:
-        model: a :class:`~densessl.models.vit.ViTBackbone` or a timm model (``forward_features``
-            giving ``[B, prefix + h*w, D]`` tokens or ``[B, D, h, w]`` maps).
-        patch_size: pixels per output token (side); inputs must be multiples of it.
-        source: where the weights came from (JSON-friendly; ``"description"`` is a one-liner).
-
-    The module is always in eval mode (``train()`` is ignored), its parameters do not require
-    gradients and :meth:`forward` runs under ``no_grad``.
-    """
-
-    def __init__(self, model: nn.Module, patch_size: int, source: dict[str, Any]) -> None:
-        super().__init__()
-        self.model = model
-        self.patch_size = int(patch_size)
-        self.source = source
-        self.requires_grad_(False)
-        self.train(False)
-
-    def train(self, mode: bool = True) -> PatchFeatureExtractor:
-        """Frozen: stays in eval mode whatever ``mode`` is."""
-        return super().train(False)
-
-    @property
-    def description(self) -> str:
-        return str(self.source.get("description", self.source.get("kind", "backbone")))
-
-    @torch.no_grad()
-    def forward(self, images: Tensor) -> Tensor:
-        """``images [B, 3, H, W]`` (moved to the module's device) → ``patches [B, h, w, D]``."""
-        if isinstance(self.model, ViTBackbone):
-            return self.model.tokens(images)[1]
-        first = next(self.model.parameters())
-        images = images.to(device=first.device, dtype=first.dtype)
-        out = self.model.forward_features(images)
-        if out.ndim == 4:  # convolutional maps [B, D, h, w]
-            return out.permute(0, 2, 3, 1)
-        height, width = images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
-        prefix = int(getattr(self.model, "num_prefix_tokens", 0))
-        patches = out[:, prefix:]
-        if patches.shape[1] != height * width:
-            raise ValueError(
-                f"{self.description}: {patches.shape[1]} patch tokens for a "
-                f"{images.shape[-2]}x{images.shape[-1]} input; expected {height}x{width} "
-                f"(patch size {self.patch_size}); use input sides that are multiples of it"
-            )
-        return patches.reshape(out.shape[0], height, width, out.shape[-1])
-
-
-def _wrap(backbone: ViTBackbone, source: dict[str, Any], what: str) -> PatchFeatureExtractor:
-    config = backbone.config
-    source = {
-        **source,
-        "backbone": describe_config(config),
-        "config": to_plain(config),
-        "description": f"{what}: {describe_config(config)}",
-    }
-    return PatchFeatureExtractor(backbone, config.patch_size, source)
 
 
 def _training_state(path: Path) -> dict[str, Any]:
@@ -177,7 +115,7 @@ def from_run(
         "step": state.get("step"),
     }
     what = f"run {run_dir} ({which}, {state.get('method')}, step {state.get('step')})"
-    return _wrap(backbone, source, what)
+    return wrap_backbone(backbone, source, what)
 
 
 def from_checkpoint(
@@ -224,7 +162,7 @@ def from_checkpoint(
         kind = resolve_format() or detect_format(state)
         source = {"kind": kind, "path": str(path), "which": which}
         what = f"{kind} checkpoint {path} ({which})"
-    return _wrap(backbone, source, what)
+    return wrap_backbone(backbone, source, what)
 
 
 def _export_files(path: Path) -> tuple[Path, Path]:
@@ -269,7 +207,7 @@ def from_export(path: str | Path) -> PatchFeatureExtractor:
     backbone = build_backbone(config)
     load_timm_weights(backbone, weights, source=str(weights_path))
     source = {"kind": "export", "path": str(weights_path), "meta": meta}
-    return _wrap(backbone.eval(), source, f"export {weights_path}")
+    return wrap_backbone(backbone.eval(), source, f"export {weights_path}")
 
 
 def from_timm(name: str, weights: str | Path, **kwargs: Any) -> PatchFeatureExtractor:
@@ -356,7 +294,7 @@ def random_init(
         torch.manual_seed(seed)
         backbone = build_backbone(config).eval()
     source = {"kind": "random", "spec": origin, "seed": seed}
-    return _wrap(backbone, source, f"random init (seed {seed}) of {origin}")
+    return wrap_backbone(backbone, source, f"random init (seed {seed}) of {origin}")
 
 
 def build_extractor(

@@ -21,7 +21,6 @@ without CLS use mean-pooled patch tokens (``pooling`` in the result).
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -34,6 +33,7 @@ from densessl.evaluation.checks import check_fields
 from densessl.evaluation.image_bank import feature_bank
 from densessl.evaluation.image_features import POOLS
 from densessl.evaluation.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from densessl.ops.schedules import cosine
 
 __all__ = ["LinearClassifierProtocol", "describe_linear_cls", "evaluate_linear_cls",
            "summarize_linear_cls"]  # fmt: skip
@@ -140,7 +140,7 @@ def evaluate_linear_cls(
     per_epoch, best = [], (-1.0, 0)
     for epoch in tqdm(range(p.epochs), desc="linear classifier", disable=not progress, leave=False):
         for group in opt.param_groups:  # CosineAnnealingLR(T_max=epochs, eta_min=0), per epoch
-            group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * epoch / p.epochs))
+            group["lr"] = cosine(epoch, p.epochs, lr, 0.0)
         order = torch.randperm(len(y), generator=gen).to(y.device)
         for start in range(0, len(y), p.batch_size):
             idx = order[start : start + p.batch_size]

@@ -56,11 +56,25 @@ def make_teacher(student: _Network, backbone_config: BackboneConfig) -> _Network
     return teacher
 
 
-@torch.no_grad()
-def ema_towards(teacher: nn.Module, source: list[Tensor], momentum: float) -> None:
-    """``teacher <- momentum * teacher + (1 - momentum) * source``, parameter by parameter
-    (``source`` in ``teacher.parameters()`` order: e.g. a snapshot of the student taken
-    before the optimiser step, for the official codes' lagged EMA)."""
-    params = list(teacher.parameters())
-    torch._foreach_mul_(params, momentum)
-    torch._foreach_add_(params, source, alpha=1 - momentum)
+class LaggedEMA:
+    """The official Leopart/NeCo EMA order (``teacher_lag``): the teacher moves towards the
+    student of *before* the optimiser step. :meth:`take` snapshots the student in the loss;
+    :meth:`update` then applies the EMA towards that snapshot (and forgets it)."""
+
+    def __init__(self) -> None:
+        self._student: list[Tensor] | None = None
+
+    def take(self, student: nn.Module) -> None:
+        self._student = [p.detach().clone() for p in student.parameters()]
+
+    @torch.no_grad()
+    def update(self, teacher: nn.Module, momentum: float) -> bool:
+        """``teacher <- momentum * teacher + (1 - momentum) * snapshot``; False (nothing done)
+        without a snapshot, for the caller's ordinary EMA."""
+        if self._student is None:
+            return False
+        params = list(teacher.parameters())
+        torch._foreach_mul_(params, momentum)
+        torch._foreach_add_(params, self._student, alpha=1 - momentum)
+        self._student = None
+        return True

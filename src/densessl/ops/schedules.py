@@ -55,3 +55,27 @@ def linear_warmup_constant(step: int, warmup_steps: int, start: float, end: floa
     if warmup_steps <= 0 or step >= warmup_steps:
         return end
     return start + (end - start) * step / warmup_steps
+
+
+def poly_lr(
+    it: int,
+    iterations: int,
+    lr: float,
+    min_lr: float = 0.0,
+    power: float = 1.0,
+    warmup_iters: int = 0,
+    warmup_ratio: float = 1e-6,
+) -> float:
+    """mmcv's poly schedule (``PolyLrUpdaterHook`` with linear warm-up), also Segmenter's
+    ``PolynomialLR`` without warm-up, at iteration ``it`` (0-based, before its update)::
+
+        regular = (lr - min_lr) * (1 - it / iterations) ** power + min_lr
+        warm-up (it < warmup_iters): regular * (1 - (1 - it / warmup_iters) * (1 - warmup_ratio))
+    """
+    progress = min(max(it, 0), iterations) / iterations
+    regular = (lr - min_lr) * (1 - progress) ** power + min_lr
+    if it < warmup_iters:
+        k = (1 - it / warmup_iters) * (1 - warmup_ratio)
+        return regular * (1 - k)
+    return regular
+

@@ -35,7 +35,6 @@ from tqdm.auto import tqdm
 
 from densessl.evaluation.finetune.model import SegmentationModel, param_groups
 from densessl.evaluation.finetune.pipeline import StepBatches
-from densessl.evaluation.finetune.schedule import poly_lr
 from densessl.evaluation.finetune.settings import FinetuneSettings
 from densessl.io.checkpoint import CheckpointError, load_file, save_atomic
 from densessl.ops.distributed import (
@@ -46,6 +45,7 @@ from densessl.ops.distributed import (
     world_size,
     wrap_ddp,
 )
+from densessl.ops.schedules import poly_lr
 from densessl.train.numerics import NonFiniteLossError
 from densessl.train.precision import autocast, resolve_precision
 from densessl.train.signals import StopSignals, ignore_stop_signals

@@ -41,7 +41,7 @@ from densessl.data.views.multicrop import ViewsConfig, group_by_resolution
 from densessl.errors import brief
 from densessl.methods.base import Method, StepInfo, register_method
 from densessl.methods.leopart.loss import EmbeddingQueue, leopart_loss
-from densessl.methods.student_teacher import StudentTeacher, ema_towards, make_teacher
+from densessl.methods.student_teacher import LaggedEMA, StudentTeacher, make_teacher
 from densessl.models.heads import MLPProjection, Prototypes
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone
 from densessl.ops.attention_foreground import attention_foreground
@@ -238,7 +238,7 @@ class Leopart(Method):
         length = params.queue_length // world_size()
         if length > 0:
             self.queue = EmbeddingQueue(views.num_global, length, params.projection_dim)
-        self._snapshot: list[Tensor] | None = None
+        self._lag = LaggedEMA()
 
     # -- Method interface ----------------------------------------------------------------
     def teacher_backbone(self) -> ViTBackbone:
@@ -263,11 +263,8 @@ class Leopart(Method):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """EMA of the teacher; with ``teacher_lag`` towards the student of before the step."""
-        if self._snapshot is None:
+        if not self._lag.update(self.teacher, momentum):
             super().update_teacher(momentum)
-            return
-        ema_towards(self.teacher, self._snapshot, momentum)
-        self._snapshot = None
 
     # -- the loss ------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any], info: StepInfo) -> dict[str, Tensor]:
@@ -280,7 +277,7 @@ class Leopart(Method):
         self.student.head.prototypes.normalize_()
         self.teacher.head.prototypes.normalize_()
         if p.teacher_lag and self.training:
-            self._snapshot = [q.detach().clone() for q in self.student.parameters()]
+            self._lag.take(self.student)
         with torch.no_grad():
             teacher = self.teacher.forward_views(
                 crops[:num_targets], attention=p.loss_mask != "all"

@@ -51,7 +51,7 @@ from densessl.methods.base import Method, StepInfo, register_method
 from densessl.methods.neco.loss import SIMILARITIES, NeCoLoss
 from densessl.methods.neco.queue import QUEUE_DRAWS, ReferenceQueue
 from densessl.methods.neco.sorting import DISTRIBUTIONS, NETWORKS
-from densessl.methods.student_teacher import StudentTeacher, ema_towards, make_teacher
+from densessl.methods.student_teacher import LaggedEMA, StudentTeacher, make_teacher
 from densessl.models.heads import MLPProjection
 from densessl.models.vit import BackboneConfig, ViTBackbone, build_backbone
 
@@ -205,7 +205,7 @@ class NeCo(Method):
                 params.queue_rows_per_image,
                 params.queue_draw,
             )
-        self._snapshot: list[Tensor] | None = None
+        self._lag = LaggedEMA()
 
     # -- Method interface ----------------------------------------------------------------
     def teacher_backbone(self) -> ViTBackbone:
@@ -224,11 +224,8 @@ class NeCo(Method):
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """EMA of the teacher; with ``teacher_lag`` towards the student of before the step."""
-        if self._snapshot is None:
+        if not self._lag.update(self.teacher, momentum):
             super().update_teacher(momentum)
-            return
-        ema_towards(self.teacher, self._snapshot, momentum)
-        self._snapshot = None
 
     # -- the loss ------------------------------------------------------------------------
     def loss(self, batch: dict[str, Any], info: StepInfo) -> dict[str, Tensor]:
@@ -236,7 +233,7 @@ class NeCo(Method):
         boxes: Tensor = batch["boxes"]
         flips: Tensor | None = batch.get("flips") if self.views_config.flip_prob > 0 else None
         if self.params.teacher_lag and self.training:
-            self._snapshot = [q.detach().clone() for q in self.student.parameters()]
+            self._lag.take(self.student)
         num_targets = self.views_config.num_global
         with torch.no_grad():
             teacher, teacher_tokens = self.teacher.embed_views(crops[:num_targets])

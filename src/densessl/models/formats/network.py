@@ -15,7 +15,7 @@ from typing import Any
 from torch import Tensor
 
 from densessl.models.dino_compat import describe, select_state_dict
-from densessl.models.formats.common import strip
+from densessl.models.formats.common import strip, stripped_tensors
 
 __all__ = ["backbone_tensors", "network_keys"]
 
@@ -53,12 +53,11 @@ def backbone_tensors(obj: Any, which: str, marker: str) -> dict[str, Tensor]:
         str(k).startswith(flat) for k in state
     ):  # {"teacher.backbone.blocks.0...": ...}
         state = {str(k)[len(flat) :]: v for k, v in state.items() if str(k).startswith(flat)}
-    out: dict[str, Tensor] = {}
-    for key, value in state.items():
-        name = strip(str(key))
-        if name.startswith(_HEADS) or not isinstance(value, Tensor):
-            continue
-        out[_CHUNKED.sub(r"blocks.\1.", name)] = value
+    out = {
+        _CHUNKED.sub(r"blocks.\1.", name): value
+        for name, value in stripped_tensors(state).items()
+        if not name.startswith(_HEADS)
+    }
     if marker not in out:
         raise ValueError(f"no backbone with {marker!r} found; the file holds {describe(state)}")
     return out
