@@ -46,3 +46,26 @@ def test_missing_and_file_paths_are_named(tmp_path):
     (tmp_path / "a.txt").write_text("x")
     with pytest.raises(ConfigError, match="is a file"):
         build_pretrain_images(DataConfig(path=str(tmp_path / "a.txt")))
+
+
+def test_scene_geometry_reaches_the_renderer_and_bad_values_are_named():
+    import numpy as np
+
+    big = build_pretrain_images(
+        DataConfig(path="scenes", scenes_num_images=20, scenes_objects=(1, 2),
+                   scenes_radius=(0.3, 0.4), scenes_class_set="distinct-cues")
+    )  # fmt: skip
+    assert (big.config.min_objects, big.config.max_objects) == (1, 2)
+    assert (big.config.min_radius, big.config.max_radius) == (0.3, 0.4)
+    default = build_pretrain_images(
+        DataConfig(path="scenes", scenes_num_images=20, scenes_class_set="distinct-cues")
+    )
+
+    def thing_share(scenes):  # class ids >= 3 are objects (3 stuff classes), 255 ignored
+        return np.mean([((s["label"] >= 3) & (s["label"] < 255)).float().mean() for s in scenes])
+
+    assert thing_share(big) > 1.3 * thing_share(default)
+    with pytest.raises(ConfigError, match=r"data\.scenes_radius=\[0\.2, 0\.5\]"):
+        build_pretrain_images(DataConfig(path="scenes", scenes_radius=(0.2, 0.5)))
+    with pytest.raises(ConfigError, match=r"max_objects"):
+        build_pretrain_images(DataConfig(path="scenes", scenes_objects=(3, 13)))

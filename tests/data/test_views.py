@@ -8,6 +8,8 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from densessl.data.views.multicrop import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
     MultiCropDataset,
     MultiCropViews,
     ViewsConfig,
@@ -194,3 +196,23 @@ def test_first_crop_flip_can_be_disabled():
     out = MultiCropViews(cfg)(torch.zeros(3, 40, 40, dtype=torch.uint8), torch.Generator())
     assert out["flips"].tolist() == [False, True, True]
     assert ViewsConfig().flip_first  # the other methods keep flipping their first crop
+
+
+def test_local_photometric_applies_to_local_crops_only():
+    off = PhotometricConfig(enabled=False)
+    gray = PhotometricConfig(jitter_prob=0.0, grayscale_prob=1.0, blur_prob=(0, 0, 0))
+    image = _image()
+    plain = MultiCropViews(_small_config(photometric=off))
+    split = MultiCropViews(_small_config(photometric=off, local_photometric=gray))
+    a = plain(image, torch.Generator().manual_seed(3))
+    b = split(image, torch.Generator().manual_seed(3))
+    assert torch.equal(a["boxes"], b["boxes"])  # geometry draws are unchanged
+    for k, (x, y) in enumerate(zip(a["crops"], b["crops"], strict=True)):
+        if k < 2:  # global crops: the main settings (off)
+            assert torch.equal(x, y)
+        else:  # local crops: grayscale, so the three unnormalised channels agree
+            raw = y * torch.tensor(IMAGENET_STD)[:, None, None]
+            raw = raw + torch.tensor(IMAGENET_MEAN)[:, None, None]
+            assert not torch.equal(x, y)
+            assert torch.allclose(raw[0], raw[1], atol=1e-5)
+            assert torch.allclose(raw[1], raw[2], atol=1e-5)

@@ -29,6 +29,9 @@ class DataConfig:
         scenes_num_images / scenes_size / scenes_seed / scenes_class_set: the on-the-fly
             scenes (``scenes_class_set``: ``"shared-cues"`` or ``"distinct-cues"``, see
             :class:`densessl.data.scenes.dataset.SceneConfig`).
+        scenes_objects: (fewest, most) objects per scene, drawn uniformly (0-12).
+        scenes_radius: (smallest, largest) object radius as a fraction of the image side
+            (0.03-0.4); the defaults give objects of ~4-25 % of the image each.
         batch_size: images per process and step (the global batch is this x processes).
         num_workers: data-loader worker processes (0 = load in the main process).
         on_corrupt: ``"skip"`` (count and warn) or ``"raise"`` for undecodable images.
@@ -40,6 +43,8 @@ class DataConfig:
     scenes_size: int = 96
     scenes_seed: int = 0
     scenes_class_set: str = "shared-cues"
+    scenes_objects: tuple[int, int] = (1, 5)
+    scenes_radius: tuple[float, float] = (0.12, 0.28)
     batch_size: int = 64
     num_workers: int = 2
     on_corrupt: str = "skip"

@@ -20,21 +20,29 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
     images are never seen), or any folder of images (searched recursively).
     """
     if cfg.path == "scenes":
-        from densessl.data.scenes.dataset import SyntheticScenes
+        from densessl.data.scenes.dataset import SceneConfig, SyntheticScenes
 
         try:
             return SyntheticScenes(
                 num_images=cfg.scenes_num_images,
-                size=cfg.scenes_size,
                 seed=cfg.scenes_seed,
                 split="train",
-                class_set=cfg.scenes_class_set,
+                config=SceneConfig(
+                    size=cfg.scenes_size,
+                    class_set=cfg.scenes_class_set,
+                    min_objects=cfg.scenes_objects[0],
+                    max_objects=cfg.scenes_objects[1],
+                    min_radius=cfg.scenes_radius[0],
+                    max_radius=cfg.scenes_radius[1],
+                ),
             )
         except ValueError as err:  # e.g. a size the scene renderer does not support
             raise ConfigError(
                 f"data.scenes_*: {err} (data.scenes_size={cfg.scenes_size}, "
                 f"data.scenes_num_images={cfg.scenes_num_images}, "
-                f"data.scenes_class_set={brief(cfg.scenes_class_set)})"
+                f"data.scenes_class_set={brief(cfg.scenes_class_set)}, "
+                f"data.scenes_objects={list(cfg.scenes_objects)}, "
+                f"data.scenes_radius={list(cfg.scenes_radius)})"
             ) from err
     root = user_path(cfg.path)
     try:

@@ -53,6 +53,10 @@ class ViewsConfig:
             (0.8, 1)); None = ``global_scale``.
         interpolation: ``"bicubic"`` (DINO) or ``"bilinear"`` (Leopart).
         photometric: colour jitter / grayscale / blur / solarize settings.
+        local_photometric: other settings for the local crops (None: ``photometric``), e.g.
+            stronger colour augmentation on the small student-only views while the teacher's
+            global views keep the milder one (the local crops must then match the global
+            targets by what the colour change leaves: texture, shape, layout).
         mean, std: normalisation applied last.
     """
 
@@ -71,6 +75,7 @@ class ViewsConfig:
     first_scale: tuple[float, float] | None = None
     interpolation: str = "bicubic"
     photometric: PhotometricConfig = field(default_factory=PhotometricConfig)
+    local_photometric: PhotometricConfig | None = None
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -236,7 +241,10 @@ class MultiCropViews:
             if flip:
                 crop = TF.horizontal_flip(crop)
             kind = "global1" if k == 0 else "global2" if k < cfg.num_global else "local"
-            crop = augment_photometric(crop, cfg.photometric, kind, generator)
+            settings = cfg.photometric
+            if kind == "local" and cfg.local_photometric is not None:
+                settings = cfg.local_photometric
+            crop = augment_photometric(crop, settings, kind, generator)
             crops.append(TF.normalize(crop, list(cfg.mean), list(cfg.std)))
             flips.append(flip)
         return {

@@ -1,0 +1,353 @@
+"""The DINO base of the post-training miniature: train a recipe, measure its curve.
+
+    python benchmarks/miniature_base.py --recipe fresh-colour            # train (resumes) + curve
+    (a killed run resumes from its last checkpoint when started again)
+    python benchmarks/miniature_base.py --report-only                    # rewrite the curve table
+
+A recipe (``RECIPES`` below) is DINO's ``tiny`` preset plus overrides: scenes, augmentation,
+budget. It is chosen by looking at **DINO and the supervised row only**: the base must carry
+class structure (class η² ≥ 0.05, 7x random init; linear probe ≥ random + 10 mIoU on held-out
+scenes) before any dense method is judged on it. Every ``--eval-every`` steps the trainer keeps
+a checkpoint (``train.keep_every``); each kept teacher is evaluated on held-out scenes (another
+scene seed, the recipe's class set and size) with class / position η² (``quality_diagnose``),
+the linear probe and K=C / K=4C overclustering (the quality table's scenes presets).
+
+A recipe's folder under ``--cache`` is named by a hash of the recipe and the evaluation settings
+(not the code version: see :func:`recipe_folder`; ``provenance.json`` lists the code version of
+every training segment); training resumes from its ``last.pt`` (written every few minutes),
+each evaluation is cached as ``eval/step_XXXXXXX.json``.
+Writes ``results/miniature/base_curve.{md,json}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "results" / "miniature"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """DINO tiny preset + ``overrides``; ``note`` says what the recipe tests."""
+
+    note: str
+    steps: int
+    overrides: tuple[str, ...] = ()
+    batch_size: int = 16
+    scenes_class_set: str = "distinct-cues"
+    scenes_size: int = 96
+    eval_every: int = 1000
+    #: DINO's warm-up and last-layer freeze are in epochs; a recipe fixes them in steps (the
+    #: quality table's 1 epoch of its 2000 scenes = 100 steps of batch 16), so that a run on
+    #: fresh scenes (an epoch of 50,000 steps) warms up as fast.
+    warmup_steps: int = 100
+    freeze_steps: int = 100
+
+
+#: The quality table's DINO row, as a starting point (2000 scenes, mild colour jitter).
+_TABLE = ("data.scenes_num_images=2000",)
+#: Never the same scene twice in a run (scenes are rendered on the fly from their index).
+_FRESH = ("data.scenes_num_images=1000000",)
+#: Colour is drawn at random per instance, so it names an instance, never a class: a view's
+#: hue is turned anywhere on the wheel, saturation and brightness jittered, 20 % grayscale.
+_COLOUR = (
+    "views.photometric.jitter_prob=0.8",
+    "views.photometric.hue=0.5",
+    "views.photometric.saturation=0.6",
+    "views.photometric.grayscale_prob=0.2",
+)
+
+#: The same colour randomisation on the local crops only (student views); the teacher's global
+#: views keep the tiny preset's mild jitter, so its targets stay consistent across views.
+_LOCAL_COLOUR = (
+    "views.local_photometric.jitter_prob=1.0",
+    "views.local_photometric.hue=0.5",
+    "views.local_photometric.saturation=0.6",
+    "views.local_photometric.grayscale_prob=0.2",
+    "views.local_photometric.blur_prob=[0.5,0.1,0.2]",
+    "views.local_photometric.blur_sigma=[0.1,1.0]",
+)
+
+RECIPES: dict[str, Recipe] = {
+    "table": Recipe("the quality table's DINO recipe, 3000 steps", 3000, _TABLE),
+    "fresh": Recipe("fresh scenes every step", 3000, _FRESH),
+    "fresh-colour": Recipe("fresh scenes + colour randomised per view", 3000, _FRESH + _COLOUR),
+    "fresh-localcolour": Recipe(
+        "fresh scenes + colour randomised on the local crops only", 3000, _FRESH + _LOCAL_COLOUR
+    ),
+    "fresh-localcolour-6": Recipe(
+        "fresh-localcolour with 6 local crops (DINO uses 8)",
+        3000,
+        _FRESH + _LOCAL_COLOUR + ("views.num_local=6",),
+    ),
+    "fresh-localcolour-big": Recipe(
+        "fresh-localcolour with 1-3 larger objects (radius 0.2-0.4 of the side)",
+        3000,
+        _FRESH + _LOCAL_COLOUR + ("data.scenes_objects=[1,3]", "data.scenes_radius=[0.2,0.4]"),
+    ),
+    "base": Recipe(
+        "the long run: fresh scenes, colour randomised on 6 local crops, 40,000 steps",
+        40000,
+        _FRESH + _LOCAL_COLOUR + ("views.num_local=6",),
+        eval_every=2500,
+    ),
+    "fresh-colour-t02": Recipe(
+        "fresh-colour with a sharper teacher (0.02)",
+        3000,
+        _FRESH + _COLOUR + ("dino.teacher_temp=0.02", "dino.warmup_teacher_temp=0.02"),
+    ),
+    "fresh-colour-t01": Recipe(
+        "fresh-colour with a teacher at 0.01",
+        3000,
+        _FRESH + _COLOUR + ("dino.teacher_temp=0.01", "dino.warmup_teacher_temp=0.01"),
+    ),
+    "fresh-colour-fast": Recipe(
+        "fresh-colour with lr 3e-4 and teacher EMA 0.99",
+        3000,
+        _FRESH + _COLOUR + ("optim.lr=3e-4", "optim.momentum_teacher=0.99"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class EvalSpec:
+    eval_scenes: int = 1000
+    eval_seed: int = 1000
+    linear: dict[str, Any] = field(default_factory=dict)
+    cluster: dict[str, Any] = field(default_factory=dict)
+
+
+def resolved_config(recipe: Recipe, seed: int, every: int) -> Any:
+    from densessl.config.presets import build_run_config
+    from densessl.data.scenes.dataset import split_indices
+    from densessl.methods.base import get_method
+
+    base = build_run_config("dino", get_method("dino").Params, "tiny", list(recipe.overrides))
+    epoch = len(split_indices(base.data.scenes_num_images, "train")) / recipe.batch_size
+    overrides = [
+        f"optim.warmup_epochs={recipe.warmup_steps / epoch}",
+        f"optim.freeze_last_layer={recipe.freeze_steps / epoch}",
+        f"optim.steps={recipe.steps}",
+        f"data.batch_size={recipe.batch_size}",
+        "data.path=scenes",
+        f"data.scenes_size={recipe.scenes_size}",
+        f"data.scenes_class_set={recipe.scenes_class_set}",
+        "data.scenes_seed=0",
+        "data.num_workers=1",
+        f"train.seed={seed}",
+        f"train.keep_every={every}",
+        "train.checkpoint_every=200",
+        "train.checkpoint_minutes=5",
+        "train.progress=false",
+        "train.precision=auto",
+        *recipe.overrides,
+    ]
+    return build_run_config("dino", get_method("dino").Params, "tiny", overrides)
+
+
+def recipe_folder(cache: Path, name: str, seed: int, spec: EvalSpec) -> Path:
+    """The folder of ``name`` / ``seed``: keyed by the recipe as written and the evaluation
+    settings, *not* by the code version. A base run takes hours across sessions; a code change
+    between two of its segments must not restart it (the trainer refuses to resume when the
+    resolved config changed). Each segment's code version is recorded in ``provenance.json``."""
+    import dataclasses
+
+    from densessl.evaluation.report import jsonable
+
+    recipe = dataclasses.asdict(RECIPES[name])
+    recipe.pop("note")
+    text = json.dumps({"recipe": recipe, "seed": seed, "eval": jsonable(spec)}, sort_keys=True)
+    return cache / f"{name}-seed{seed}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
+
+
+def record_segment(folder: Path, step: int) -> None:
+    """Append (time, starting step, code version, git commit) to ``provenance.json``."""
+    from quality import _git_commit, code_version
+
+    path = folder / "provenance.json"
+    segments = json.loads(path.read_text()) if path.is_file() else []
+    segments.append(
+        {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "from_step": step,
+            "code_version": code_version("dino"),
+            "git_commit": _git_commit(),
+        }
+    )
+    path.write_text(json.dumps(segments, indent=1))
+
+
+def eval_datasets(data: Any, spec: EvalSpec) -> dict[str, Any]:
+    """Held-out scenes drawn like the run's ``data`` section (class set, size, geometry)."""
+    from densessl.data.scenes.dataset import SceneConfig, SyntheticScenes
+
+    scene = SceneConfig(size=data.scenes_size, class_set=data.scenes_class_set)
+    if hasattr(data, "scenes_objects"):  # (absent from runs of code older than the option)
+        scene = SceneConfig(
+            size=data.scenes_size,
+            class_set=data.scenes_class_set,
+            min_objects=data.scenes_objects[0],
+            max_objects=data.scenes_objects[1],
+            min_radius=data.scenes_radius[0],
+            max_radius=data.scenes_radius[1],
+        )
+    return {
+        split: SyntheticScenes(spec.eval_scenes, seed=spec.eval_seed, split=split, config=scene)
+        for split in ("train", "val")
+    }
+
+
+def measure(extractor: Any, datasets: dict[str, Any], size: int, spec: EvalSpec) -> dict:
+    """Class / position η², linear probe and overclustering of one backbone (percent)."""
+    import torch
+
+    from densessl.evaluation.api import resolve_protocol
+    from densessl.evaluation.linear.probe import train_linear_probe
+    from densessl.evaluation.overcluster import embed_dataset, evaluate_overclustering
+    from quality_diagnose import eta_squared, patch_classes
+
+    train, val = datasets["train"], datasets["val"]
+    cluster = resolve_protocol("cluster", "scenes", spec.cluster, size)
+    linear = resolve_protocol("linear", "scenes", spec.linear, size)
+    feats, labels = embed_dataset(
+        extractor, val, cluster.image_size, cluster.mask_size, progress=False
+    )
+    n, h, w, d = feats.shape
+    classes = patch_classes(labels, (h, w), val.num_classes).reshape(-1)
+    flat = feats.reshape(-1, d).float()
+    out = {
+        "class_eta2": eta_squared(flat, classes),
+        "position_eta2": eta_squared(flat, torch.arange(h * w).repeat(n)),
+        "linear": 100 * train_linear_probe(extractor, train, val, linear, progress=False)["miou"],
+    }
+    clusters = evaluate_overclustering(extractor, val, cluster, progress=False)["results"]
+    for key, entry in clusters.items():
+        k = int(key.split("=")[1])
+        name = "cluster_C" if k == val.num_classes else f"cluster_{k // val.num_classes}C"
+        out[name] = 100 * entry["miou_mean"]
+    return out
+
+
+def _cached(path: Path, compute: Any) -> dict[str, Any]:
+    if path.is_file():
+        return json.loads(path.read_text())
+    start = time.perf_counter()
+    record = compute()
+    record["eval_seconds"] = time.perf_counter() - start
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(path)
+    return record
+
+
+def run_recipe(
+    name: str, seed: int, cache: Path, spec: EvalSpec, train: bool = True
+) -> list[dict[str, Any]]:
+    """Train (or resume) ``name`` and evaluate each kept checkpoint; the curve so far.
+
+    ``train=False`` only evaluates the checkpoints kept so far (e.g. from a second process
+    while the first one trains)."""
+    import torch
+
+    from densessl.evaluation.extractor import PatchFeatureExtractor
+    from densessl.evaluation.features import build_extractor
+    from densessl.models.vit import build_backbone
+    from densessl.train.trainer import Trainer
+
+    recipe = RECIPES[name]
+    folder = recipe_folder(cache, name, seed, spec)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = resolved_config(recipe, seed, recipe.eval_every)
+    datasets = eval_datasets(config.data, spec)
+
+    def initial() -> dict[str, Any]:
+        torch.manual_seed(seed)
+        backbone = build_backbone(config.backbone)
+        source = {"kind": "module", "description": "random init"}
+        extractor = PatchFeatureExtractor(backbone, backbone.patch_size, source)
+        return measure(extractor, datasets, recipe.scenes_size, spec)
+
+    _cached(folder / "eval" / "step_0000000.json", initial)
+    run = folder / "run"
+    if train and not (run / "done").is_file():
+        last = run / "checkpoints" / "last.pt"
+        step = int(torch.load(last, weights_only=True)["step"]) if last.is_file() else 0
+        record_segment(folder, step)
+        Trainer(config, run).fit()
+        (run / "done").write_text(time.strftime("%Y-%m-%d %H:%M:%S\n"))
+    for ckpt in sorted((run / "checkpoints").glob("step_*.pt")):
+        step = int(ckpt.stem.split("_")[1])
+        path = folder / "eval" / f"step_{step:07d}.json"
+        _cached(
+            path,
+            lambda c=ckpt: measure(
+                build_extractor(c, which="teacher"), datasets, recipe.scenes_size, spec
+            ),
+        )
+    return collect(folder)
+
+
+def collect(folder: Path) -> list[dict[str, Any]]:
+    rows = []
+    for path in sorted((folder / "eval").glob("step_*.json")):
+        rows.append({"step": int(path.stem.split("_")[1]), **json.loads(path.read_text())})
+    return rows
+
+
+def write_report(cache: Path, out: Path) -> Path:
+    """Every recipe folder in ``cache`` with its curve, as markdown + JSON."""
+    curves: dict[str, Any] = {}
+    for folder in sorted(cache.glob("*-seed*-*")):
+        rows = collect(folder)
+        if rows:
+            name = folder.name.rsplit("-seed", 1)[0]
+            note = RECIPES[name].note if name in RECIPES else "(recipe no longer listed)"
+            curves[folder.name] = {"recipe": name, "note": note, "curve": rows}
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "base_curve.json").write_text(json.dumps(curves, indent=1))
+    lines = ["# Miniature base: DINO curves on the scenes", ""]
+    keys = ("class_eta2", "position_eta2", "linear", "cluster_C", "cluster_4C")
+    for cell, entry in curves.items():
+        lines += [f"## {cell}", "", entry["note"], ""]
+        lines += ["| step | class η² | position η² | linear | K=C | K=4C |", "|---" * 6 + "|"]
+        for row in entry["curve"]:
+            shown = [f"{row[k]:.3f}" if k.endswith("eta2") else f"{row[k]:.1f}" for k in keys]
+            lines.append(f"| {row['step']} | " + " | ".join(shown) + " |")
+        lines.append("")
+    path = out / "base_curve.md"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recipe", choices=sorted(RECIPES), action="append", default=[])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--cache", type=Path, default=None)
+    parser.add_argument("--report-only", action="store_true")
+    parser.add_argument(
+        "--eval-only", action="store_true", help="evaluate the checkpoints kept so far, no training"
+    )
+    args = parser.parse_args(argv)
+    cache = args.cache or (args.out / "cache")
+    spec = EvalSpec()
+    for name in [] if args.report_only else args.recipe:
+        print(f"[{time.strftime('%H:%M:%S')}] recipe {name} seed {args.seed}", flush=True)
+        for row in run_recipe(name, args.seed, cache, spec, train=not args.eval_only):
+            print("   ", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
+    print("wrote", write_report(cache, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
