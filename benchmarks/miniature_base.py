@@ -119,10 +119,23 @@ RECIPES: dict[str, Recipe] = {
 
 @dataclass(frozen=True)
 class EvalSpec:
+    """Held-out scenes and protocol overrides of every evaluation along a curve."""
+
     eval_scenes: int = 1000
     eval_seed: int = 1000
     linear: dict[str, Any] = field(default_factory=dict)
     cluster: dict[str, Any] = field(default_factory=dict)
+
+
+#: ``--quick`` (the test suite): a 4-step run on 40 scenes, evaluated cheaply every 2 steps.
+QUICK_RECIPE = Recipe(
+    "smoke mode", 4, ("data.scenes_num_images=40", "backbone.depth=1"), batch_size=4, eval_every=2
+)
+QUICK_EVAL = EvalSpec(
+    eval_scenes=40,
+    linear={"epochs": 1, "lr_step_epoch": 1},
+    cluster={"seeds": [0], "n_init": 1, "iters": 3},
+)
 
 
 def resolved_config(recipe: Recipe, seed: int, every: int) -> Any:
@@ -338,10 +351,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--eval-only", action="store_true", help="evaluate the checkpoints kept so far, no training"
     )
+    parser.add_argument("--quick", action="store_true", help="smoke mode (the quick recipe)")
     args = parser.parse_args(argv)
     cache = args.cache or (args.out / "cache")
-    spec = EvalSpec()
-    for name in [] if args.report_only else args.recipe:
+    spec, names = EvalSpec(), args.recipe
+    if args.quick:
+        RECIPES["quick"] = QUICK_RECIPE
+        spec, names = QUICK_EVAL, ["quick"]
+    for name in [] if args.report_only else names:
         print(f"[{time.strftime('%H:%M:%S')}] recipe {name} seed {args.seed}", flush=True)
         for row in run_recipe(name, args.seed, cache, spec, train=not args.eval_only):
             print("   ", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
