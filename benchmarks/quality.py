@@ -40,7 +40,7 @@ from typing import Any
 
 import torch
 
-from quality_ceilings import CEILING_ROWS
+from quality_ceilings import TASK_FILES
 from quality_cells import evaluate_backbone, hardware, train_row
 from quality_report import write_report
 
@@ -53,7 +53,6 @@ REFERENCE_ROWS = (
     "supervised-image",
     "supervised-match",
 )
-CEILINGS_FILE = HERE / "quality_ceilings.py"  # the trainer of the protocol-fitting ceilings
 METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
 
 
@@ -203,8 +202,9 @@ def code_version(row: str) -> str:
     for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode())
         digest.update(path.read_bytes())
-    if row in CEILING_ROWS:  # their trainer lives in the benchmark, not in densessl
-        digest.update(CEILINGS_FILE.read_bytes())
+    for path in TASK_FILES.get(row, ()):  # the ceilings' trainers live in the benchmark
+        digest.update(path.name.encode())
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 

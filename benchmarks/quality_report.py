@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from quality_ceilings import MATCH_TEMPERATURE
+from quality_ceiling_match import MATCH_TEMPERATURE
 
 COLUMNS = (
     ("linear", "linear"),

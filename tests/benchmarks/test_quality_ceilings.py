@@ -27,6 +27,16 @@ def ceilings(monkeypatch):
     return quality_ceilings
 
 
+@pytest.fixture
+def image(ceilings):
+    return ceilings.TASKS["supervised-image"]
+
+
+@pytest.fixture
+def match(ceilings):
+    return ceilings.TASKS["supervised-match"]
+
+
 @pytest.fixture(scope="module")
 def scenes():
     return SyntheticScenes(num_images=16, size=64, seed=0, split="train", class_set="distinct-cues")
@@ -59,17 +69,17 @@ def test_image_ceiling_learns_the_dominant_class(ceilings, scenes, tmp_path):
     assert not backbone.training
 
 
-def test_image_labels_are_each_crops_dominant_class(ceilings, scenes):
+def test_image_labels_are_each_crops_dominant_class(image, scenes):
     from densessl.data.classification.scene_labels import dominant_class
     from densessl.train.supervised import sample_batch
 
     cfg = config(1, batch_size=8)
-    images, classes = ceilings.image_batch(scenes, cfg, 3, list(range(3, 9)))
+    images, classes = image.image_batch(scenes, cfg, 3, list(range(3, 9)))
     same_images, labels = sample_batch(scenes, cfg, 3)  # the supervised row's very crops
     assert torch.equal(images, same_images)
     for label, got in zip(labels, classes.tolist(), strict=True):
         expected = dominant_class(label, list(range(3, 9)))
-        assert got == (ceilings.IGNORE if expected is None else expected)
+        assert got == (image.IGNORE if expected is None else expected)
 
 
 def test_match_ceiling_learns_correspondences(ceilings, scenes, tmp_path):
@@ -91,10 +101,10 @@ class _Coordinates:
         return {"image": rgb.round().to(torch.uint8)}
 
 
-def test_match_points_are_the_same_scene_point_in_both_views(ceilings):
+def test_match_points_are_the_same_scene_point_in_both_views(match):
     cfg = config(1, batch_size=8, crop_size=64, crop_scale=(0.4, 1.0))
-    views, points, valid, _ = ceilings.match_batch(_Coordinates(), cfg, 5)
-    assert views.shape == (2, 8, 3, 64, 64) and points.shape == (2, 8, ceilings.MATCH_POINTS, 2)
+    views, points, valid, _ = match.match_batch(_Coordinates(), cfg, 5)
+    assert views.shape == (2, 8, 3, 64, 64) and points.shape == (2, 8, match.MATCH_POINTS, 2)
     assert bool(valid.all()) and bool((points >= 0).all()) and bool((points < 64).all())
     std, mean_ = torch.tensor(IMAGENET_STD).view(3, 1, 1), torch.tensor(IMAGENET_MEAN)
     scene = (views * std + mean_.view(3, 1, 1)) * 255 / 2.5  # scene x / y under each pixel
@@ -105,20 +115,20 @@ def test_match_points_are_the_same_scene_point_in_both_views(ceilings):
     # both views read the same scene point up to the views' pixel size (< 96 / 64 * 1.2 px)
     assert float(torch.stack(gaps).max()) < 1.8
     point = torch.tensor([[10.0, 20.0]])
-    flipped = [ceilings.to_view(point, (0, 0, 48, 48, f), 96) for f in (False, True)]
+    flipped = [match.to_view(point, (0, 0, 48, 48, f), 96) for f in (False, True)]
     assert flipped[0].tolist() == [[20.0, 40.0]] and flipped[1].tolist() == [[76.0, 40.0]]
 
 
-def test_match_logits_peak_at_the_cell_holding_the_point(ceilings):
+def test_match_logits_peak_at_the_cell_holding_the_point(match):
     feats = torch.nn.functional.normalize(torch.randn(1, 8, 4, 4), dim=1)
     # align_corners=True (the protocol's source sampling): pixel 0 is cell 0's feature, pixel
     # 32 the last cell's, so these points read cells (0, 0) and (row 2, col 3) exactly
     points = torch.tensor([[[0.0, 0.0], [32.0, 64 / 3]]])
-    logits = ceilings.match_logits(feats, feats, points, 32)
-    target = ceilings.cell_index(points, 32, (4, 4))
+    logits = match.match_logits(feats, feats, points, 32)
+    target = match.cell_index(points, 32, (4, 4))
     assert target.tolist() == [[0, 11]] and logits.shape == (1, 2, 16)
-    assert logits[0, 0, 0] == pytest.approx(1 / ceilings.MATCH_TEMPERATURE, rel=1e-5)
-    assert logits[0, 1, 11] == pytest.approx(1 / ceilings.MATCH_TEMPERATURE, rel=1e-5)
+    assert logits[0, 0, 0] == pytest.approx(1 / match.MATCH_TEMPERATURE, rel=1e-5)
+    assert logits[0, 1, 11] == pytest.approx(1 / match.MATCH_TEMPERATURE, rel=1e-5)
     assert logits.argmax(-1).tolist() == [[0, 11]]
 
 
