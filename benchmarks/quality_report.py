@@ -36,7 +36,7 @@ LABELS = {
     "onehot-patch": "one-hot labels, 8-px cells (patch-grid ceiling)",
     "random": "random init (floor)",
     "supervised": "supervised on the masks (ceiling)",
-    "supervised-image": "supervised on dominant-object labels, CLS (k-NN ceiling)",
+    "supervised-image": "supervised on the masks + dominant object on CLS (k-NN ceiling)",
     "supervised-match": "supervised on exact correspondences (PCK ceiling)",
 }
 #: The ceiling row of each image-level column: the row trained with the label it measures
@@ -266,9 +266,10 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
             "the same scenes, global-crop-sized random crops, same steps and batch, AdamW "
             f"lr {budget.supervised_lr:g}; only the backbone is evaluated.",
             "- Protocol-fitting ceilings (quality_ceilings.py; the supervised row's scenes, "
-            "steps, batch, crop rule and optimiser): supervised-image, a linear head on the "
-            "CLS token with cross-entropy on each crop's dominant object class (k-NN's "
-            f"label); supervised-match, InfoNCE (τ {MATCH_TEMPERATURE:g}) between a point's "
+            "steps, batch, crop rule and optimiser): supervised-image, the supervised row "
+            "(same crops, same pixel loss) plus a linear head on the CLS token with "
+            "cross-entropy on each crop's dominant object class (k-NN's label); "
+            f"supervised-match, InfoNCE (τ {MATCH_TEMPERATURE:g}) between a point's "
             "bilinear patch feature in one random view and every patch of another view of the same "
             "training scene, the patch holding the point being the positive (PCK's label). "
             "Ceiling of each column: "
