@@ -14,7 +14,10 @@ held-out scenes (another scene seed) with the linear probe, overclustering (K = 
 K = 4C many-to-one) and dense retrieval. Reference rows: one-hot labels as features (pixel
 cells: the evaluator must score ~100; 8-px cells: the patch grid's own ceiling), a random-init
 backbone (floor) and the same ViT trained supervised on the masks for the same steps
-(ceiling).
+(ceiling), and two protocol-fitting ceilings with the same budget and crops
+(``quality_ceilings.py``): ``supervised-image`` (CLS head on each crop's dominant object
+class, the k-NN column's label) and ``supervised-match`` (InfoNCE on exact correspondences
+between two views of a training scene, the PCK column's label).
 
 A cell is one (row, seed). Its folder under ``--cache`` is named by a hash of everything that
 decides its numbers (the resolved training config, the evaluation settings and the densessl
@@ -37,11 +40,19 @@ from typing import Any
 
 import torch
 
+from quality_ceilings import TASK_FILES
 from quality_cells import evaluate_backbone, hardware, train_row
 from quality_report import write_report
 
 HERE = Path(__file__).resolve().parent
-REFERENCE_ROWS = ("onehot-pixel", "onehot-patch", "random", "supervised")
+REFERENCE_ROWS = (
+    "onehot-pixel",
+    "onehot-patch",
+    "random",
+    "supervised",
+    "supervised-image",
+    "supervised-match",
+)
 METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
 
 
@@ -170,7 +181,8 @@ def code_version(row: str) -> str:
     Every module counts except presentation-only ones (CLI, demo, pictures, export) and the
     method packages (``methods/<name>/``) that neither the row's own method nor a shared
     module imports: adding or editing one method does not invalidate the cells of the
-    others, while SelfPatch's cells still depend on the DINO loss it uses.
+    others, while SelfPatch's cells still depend on the DINO loss it uses. The ceiling rows
+    also hash their trainer, ``quality_ceilings.py``.
     """
     import densessl
     from densessl.methods.base import list_methods
@@ -189,6 +201,9 @@ def code_version(row: str) -> str:
     digest = hashlib.sha256(densessl.__version__.encode())
     for path in sorted(files):
         digest.update(str(path.relative_to(root)).encode())
+        digest.update(path.read_bytes())
+    for path in TASK_FILES.get(row, ()):  # the ceilings' trainers live in the benchmark
+        digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 

@@ -2,9 +2,11 @@
 
 ``train_row`` builds (or, with ``dry=True``, only describes) the backbone of a row:
 ``onehot-pixel`` / ``onehot-patch`` (labels as features, no training), ``random`` (the
-shared tiny ViT at its seeded init), ``supervised`` (:mod:`densessl.train.supervised`) or a
-registered method (its ``tiny`` preset plus the budget's shared overrides, through the
-trainer, which resumes from the cell's checkpoints). ``evaluate_backbone`` runs the scenes
+shared tiny ViT at its seeded init), ``supervised`` (:mod:`densessl.train.supervised`), the
+protocol-fitting ceilings ``supervised-image`` / ``supervised-match``
+(``quality_ceilings.py``, the supervised row's settings) or a registered method (its
+``tiny`` preset plus the budget's shared overrides, through the trainer, which resumes from
+the cell's checkpoints). ``evaluate_backbone`` runs the scenes
 presets of the linear probe, overclustering and retrieval on the held-out scenes.
 """
 
@@ -18,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from quality_ceilings import CEILING_ROWS, constants, train_ceiling
 
 PICTURE_INDEX = 0  # the fixed held-out image (index into the eval val split) of the pictures
 
@@ -112,6 +116,10 @@ def train_row(
         spec["backbone"] = jsonable(dino.backbone)
         spec["supervised"] = jsonable(_supervised_config(seed, budget, dino))
         spec["pretrain_scenes"] = budget.pretrain_scenes
+    elif row in CEILING_ROWS:
+        spec["backbone"] = jsonable(dino.backbone)
+        spec[row] = {**jsonable(_supervised_config(seed, budget, dino)), **constants(row)}
+        spec["pretrain_scenes"] = budget.pretrain_scenes
     else:
         spec["config"] = jsonable(_method_config(row, seed, budget))
     if dry:
@@ -131,6 +139,8 @@ def train_row(
         return _with_extractor(spec, build_backbone(dino.backbone), datasets, {"steps": 0})
     if row == "supervised":
         return _train_supervised(spec, seed, budget, dino, folder, datasets)
+    if row in CEILING_ROWS:
+        return _train_ceiling(row, spec, seed, budget, dino, folder, datasets)
     from densessl.evaluation.features import build_extractor
     from densessl.train.trainer import Trainer
 
@@ -156,19 +166,41 @@ def _supervised_config(seed: int, budget: Any, dino: Any) -> Any:
     )
 
 
-def _train_supervised(
-    spec: dict[str, Any], seed: int, budget: Any, dino: Any, folder: Path, datasets: dict
-) -> dict[str, Any]:
+def _train_scenes(budget: Any) -> Any:
+    """The training scenes of the supervised rows (the methods' pretraining scenes)."""
     from densessl.data.scenes.dataset import SyntheticScenes
-    from densessl.train.supervised import train_supervised
 
-    scenes = SyntheticScenes(
+    return SyntheticScenes(
         num_images=budget.pretrain_scenes,
         size=budget.scenes_size,
         seed=0,
         split="train",
         class_set=budget.scenes_class_set,
     )
+
+
+def _train_ceiling(
+    row: str, spec: dict, seed: int, budget: Any, dino: Any, folder: Path, datasets: dict
+) -> dict[str, Any]:
+    config = _supervised_config(seed, budget, dino)
+    backbone, history = train_ceiling(row, dino.backbone, _train_scenes(budget), config, folder)
+    training = {
+        "steps": history[-1]["step"],
+        "first_loss": history[0]["loss"],
+        "final_loss": history[-1]["loss"],
+        "train_seconds": history[-1]["seconds"],
+        "img_s": history[-1]["img_s"],
+        "accuracy": history[-1]["accuracy"],
+    }
+    return _with_extractor(spec, backbone, datasets, training)
+
+
+def _train_supervised(
+    spec: dict[str, Any], seed: int, budget: Any, dino: Any, folder: Path, datasets: dict
+) -> dict[str, Any]:
+    from densessl.train.supervised import train_supervised
+
+    scenes = _train_scenes(budget)
     config = _supervised_config(seed, budget, dino)
     backbone, history = train_supervised(dino.backbone, scenes, scenes.num_classes, config, folder)
     training = {

@@ -18,9 +18,9 @@ for each, embeds the held-out validation scenes with the cell's backbone and mea
 - the per-class IoU of the table's K=C Hungarian overclustering (which classes a row loses).
 
 Writes ``results/diagnosis.md`` and ``results/diagnosis.json``. It needs each cell's weights
-(``run/checkpoints``, ``supervised.pt``), which are git-ignored and stay on the machine that
-trained the cells; a cell without them is skipped with its path named. On a fresh clone,
-recompute the cells into another cache first. Usage::
+(``run/checkpoints``, ``supervised.pt``, ``ceiling.pt``), which are git-ignored and stay on
+the machine that trained the cells; a cell without them is skipped with its path named. On a
+fresh clone, recompute the cells into another cache first. Usage::
 
     python benchmarks/quality_diagnose.py [--rows dino loca] [--seeds 0 1 2]
     python benchmarks/quality.py --cache /tmp/cells && \
@@ -120,12 +120,14 @@ def diagnose_cell(extractor: Any, datasets: dict[str, Any], budget: Any) -> dict
 
 def load_extractor(row: str, seed: int, folder: Path, budget: Any) -> tuple[Any, dict]:
     """The finished cell's backbone (never trains: a cell without its weights is skipped)."""
+    from quality_ceilings import CEILING_ROWS, CHECKPOINT
     from quality_cells import eval_datasets, train_row
 
-    if row in ("random", "supervised"):
-        if row == "supervised" and not (folder / "supervised.pt").is_file():
-            raise FileNotFoundError(folder / "supervised.pt")
-        got = train_row(row, seed, budget, folder=folder)  # random: seeded init; supervised: loads
+    if row in ("random", "supervised", *CEILING_ROWS):
+        weights = {"supervised": "supervised.pt", **dict.fromkeys(CEILING_ROWS, CHECKPOINT)}
+        if row in weights and not (folder / weights[row]).is_file():
+            raise FileNotFoundError(folder / weights[row])
+        got = train_row(row, seed, budget, folder=folder)  # random: seeded init; others load
         return got["extractor"], got["eval_datasets"]
     from densessl.evaluation.features import build_extractor
 

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from quality_ceiling_match import MATCH_TEMPERATURE
+
 COLUMNS = (
     ("linear", "linear"),
     ("cluster_C", "K=C Hungarian"),
@@ -34,6 +36,17 @@ LABELS = {
     "onehot-patch": "one-hot labels, 8-px cells (patch-grid ceiling)",
     "random": "random init (floor)",
     "supervised": "supervised on the masks (ceiling)",
+    "supervised-image": "supervised on the masks + dominant object on CLS (k-NN ceiling)",
+    "supervised-match": "supervised on exact correspondences (PCK ceiling)",
+}
+#: The ceiling row of each image-level column: the row trained with the label it measures
+#: (``quality_ceilings.py``); the masks' ``supervised`` row for the others.
+CEILING_OF = {
+    "knn": "supervised-image",
+    "discovery": "supervised",
+    "video": "supervised",
+    "correspondence": "supervised-match",
+    "finetune": "supervised",
 }
 PICTURE = "quality_pca.png"
 FINDINGS = "findings.md"
@@ -118,12 +131,19 @@ def check_targets(by_row: dict[str, dict[str, Any]]) -> list[str]:
         v = value(row, key)
         status = "pending" if v is None else ("met" if v[0] >= floor else "NOT met")
         lines.append(f"- {what}: **{status}**" + ("" if v is None else f" ({v[0]:.1f})"))
+    names = dict(COLUMNS)
+    for key, ceiling in CEILING_OF.items():
+        status, text = _gap(value(ceiling, key), value("random", key), 3)
+        lines.append(
+            f"- {names[key]}: ceiling row `{ceiling}` above random init by > 3σ: "
+            f"**{status}** ({text})"
+        )
     for key, name in (("linear", "linear"), ("cluster_C", "K=C")):
         status, text = _gap(value("dino", key), value("random", key), 3)
         lines.append(f"- DINO above random init by > 3σ on {name}: **{status}** ({text})")
     dense = [r for r in by_row if r not in ("onehot-pixel", "onehot-patch", "random")]
     for row in dense:
-        if row in ("supervised", "dino"):
+        if row in ("supervised", "dino", *CEILING_OF.values()):
             continue
         for key, name in (("linear", "linear"), ("cluster_C", "K=C"), ("cluster_4C", "K=4C")):
             status, text = _gap(value(row, key), value("dino", key), 2)
@@ -245,6 +265,16 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
             "- Supervised: the same ViT + a 1x1 linear head, pixel cross-entropy on the masks of "
             "the same scenes, global-crop-sized random crops, same steps and batch, AdamW "
             f"lr {budget.supervised_lr:g}; only the backbone is evaluated.",
+            "- Protocol-fitting ceilings (quality_ceilings.py; the supervised row's scenes, "
+            "steps, batch, crop rule and optimiser): supervised-image, the supervised row "
+            "(same crops, same pixel loss) plus a linear head on the CLS token with "
+            "cross-entropy on each crop's dominant object class (k-NN's label); "
+            f"supervised-match, InfoNCE (τ {MATCH_TEMPERATURE:g}) between a point's "
+            "bilinear patch feature in one random view and every patch of another view of the same "
+            "training scene, the patch holding the point being the positive (PCK's label). "
+            "Ceiling of each column: "
+            + ", ".join(f"{dict(COLUMNS)[k]} → {v}" for k, v in CEILING_OF.items())
+            + ".",
             f"- Evaluation: {budget.eval_scenes} held-out scenes (scene seed {budget.eval_seed}; "
             "80 % train / 20 % val), native resolution, the teacher backbone's patch tokens: "
             "linear probe (scenes preset, train → val), overclustering on val (standardise, "

@@ -34,7 +34,8 @@ def run(*args: str) -> str:
 def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
     out = tmp_path / "results"
     first = run("--quick", "--out", str(out))
-    rows = ["onehot-pixel", "onehot-patch", "random", "supervised", *sorted(list_methods())]
+    reference = ["onehot-pixel", "onehot-patch", "random", "supervised"]
+    rows = [*reference, "supervised-image", "supervised-match", *sorted(list_methods())]
     for row in rows:
         assert f"cell {row} seed 0" in first
     assert "cached" not in first
@@ -55,6 +56,11 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
             assert cell["training"]["train_seconds"] > 0
     markdown = (out / "quality.md").read_text()
     assert "NOT quality results" in markdown and "python benchmarks/quality.py --quick" in markdown
+    for column, ceiling in (("k-NN top-1", "supervised-image"), ("PCK@0.1", "supervised-match")):
+        check = f"- {column}: ceiling row `{ceiling}` above random init by > 3σ: **pending**"
+        assert check in markdown
+    for column in ("CorLoc", "video J&F", "fine-tuned linear"):
+        assert f"- {column}: ceiling row `supervised` above random init" in markdown
     assert markdown.count("\n| ") == len(rows) + 1  # header + one line per row
     assert (out / "quality_pca.png").stat().st_size > 1000
 
@@ -170,3 +176,25 @@ def test_patch_classes_take_the_majority_label(monkeypatch):
     ]
     got = patch_classes(labels, (2, 2), num_classes=3)
     assert got.tolist() == [[[1, 2], [-1, 0]]]
+
+
+def test_each_image_level_column_is_checked_against_its_ceiling_row(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from quality_report import CEILING_OF, check_targets
+
+    # (mean, std, seeds) per column: the match row beats random on PCK by 10 > 3 * 2.8
+    by_row = {
+        "random": {"correspondence": (3.0, 2.0, 3), "knn": (19.0, 1.0, 3)},
+        "supervised-match": {"correspondence": (13.0, 2.0, 3)},
+        "supervised-image": {"knn": (21.0, 1.0, 3)},
+        "supervised": {"knn": (30.0, 1.0, 2)},
+    }
+    lines = check_targets(by_row)
+    assert "- PCK@0.1: ceiling row `supervised-match` above random init by > 3σ: **met**" in (
+        "\n".join(lines)
+    )
+    knn = next(line for line in lines if line.startswith("- k-NN top-1"))
+    assert "`supervised-image`" in knn and "**NOT met** (gap +2.0, 3σ = 4.2)" in knn
+    video = next(line for line in lines if line.startswith("- video J&F"))
+    assert "`supervised`" in video and "**pending**" in video
+    assert set(CEILING_OF) == {"knn", "discovery", "video", "correspondence", "finetune"}
