@@ -89,6 +89,10 @@ class Budget:
     #: ``densessl finetune seg`` overrides of the fine-tuned column ({} leaves it out)
     finetune: dict[str, Any] = field(default_factory=lambda: {"iterations": 300})
     pretrain_overrides: tuple[str, ...] = ()
+    #: Post-training (``--from-base``): every method row starts from these backbone weights
+    #: (a densessl run, checkpoint or export; ``densessl pretrain --init``) and a ``base`` row
+    #: scores them without further training. None: the from-scratch table.
+    init: str | None = None
 
     def shared_overrides(self, seed: int) -> list[str]:
         return [
@@ -208,12 +212,17 @@ def code_version(row: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def registered_rows() -> list[str]:
+def registered_rows(post_training: bool = False) -> list[str]:
+    """Reference rows, then every registered method; the post-training table adds ``base``
+    (the starting weights, not trained further) after the random floor."""
     from densessl.methods.base import list_methods
 
     names = list_methods()
     ordered = [m for m in METHOD_ORDER if m in names]
-    return [*REFERENCE_ROWS, *ordered, *sorted(set(names) - set(ordered))]
+    reference = list(REFERENCE_ROWS)
+    if post_training:
+        reference.insert(reference.index("random") + 1, "base")
+    return [*reference, *ordered, *sorted(set(names) - set(ordered))]
 
 
 def cell_folder(cache: Path, row: str, seed: int, spec: dict[str, Any], version: str) -> Path:
@@ -321,14 +330,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--max-minutes", type=float, default=None, help="start no cell after")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
+    parser.add_argument(
+        "--from-base",
+        default=None,
+        metavar="WEIGHTS",
+        help="the post-training table: every method starts from these backbone weights "
+        "(default --out: results/posttrain)",
+    )
     args = parser.parse_args(argv)
 
     budget = QUICK if args.quick else FULL
+    if args.from_base is not None:
+        budget = dataclasses.replace(budget, init=str(Path(args.from_base).resolve()))
+        if args.out == HERE / "results":
+            args.out = HERE / "results" / "posttrain"
     run_seeds = tuple(args.seeds) if args.seeds else budget.seeds
     # --seeds picks the cells to run; the report always covers the budget's planned seeds
     budget = dataclasses.replace(budget, seeds=tuple(sorted({*budget.seeds, *run_seeds})))
     cache = args.cache or (args.out / "cache")
-    every = registered_rows()
+    every = registered_rows(post_training=budget.init is not None)
     rows = args.rows or every
     unknown = sorted(set(rows) - set(every))
     if unknown:
@@ -349,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {state}: {shown}", flush=True)
         records.append(record)
     command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
+    if args.from_base is not None:
+        command += f" --from-base {args.from_base}"
     expected, stale = {}, set()
     for row, seed in plan(every, budget.seeds):
         folder = planned_cell_folder(cache, row, seed, budget)

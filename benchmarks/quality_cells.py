@@ -120,8 +120,12 @@ def train_row(
         spec["backbone"] = jsonable(dino.backbone)
         spec[row] = {**jsonable(_supervised_config(seed, budget, dino)), **constants(row)}
         spec["pretrain_scenes"] = budget.pretrain_scenes
+    elif row == "base":
+        spec["backbone"] = jsonable(dino.backbone)
     else:
         spec["config"] = jsonable(_method_config(row, seed, budget))
+    if budget.init is not None and ("config" in spec or row == "base"):
+        spec["init"] = init_identity(budget.init)  # another base: other cells
     if dry:
         return {"spec": spec}
     assert folder is not None
@@ -144,12 +148,32 @@ def train_row(
     from densessl.evaluation.features import build_extractor
     from densessl.train.trainer import Trainer
 
+    if row == "base":
+        if budget.init is None:
+            raise ValueError("the base row needs Budget.init (quality.py --from-base)")
+        extractor = build_extractor(budget.init, which="teacher")
+        return {"spec": spec, "extractor": extractor, "eval_datasets": datasets, "training": {}}
     config = _method_config(row, seed, budget)
     run = folder / "run"
-    Trainer(config, run).fit()
+    Trainer(config, run, init=budget.init).fit()
     training = _training_from_metrics(run, budget.batch_size)
     extractor = build_extractor(run, which="teacher")
     return {"spec": spec, "extractor": extractor, "eval_datasets": datasets, "training": training}
+
+
+def init_identity(init: str) -> dict[str, str]:
+    """What names the post-training base in a cell's spec: its file name and content hash
+    (a run directory means its ``checkpoints/last.pt``), not where it lies."""
+    import hashlib
+
+    from densessl.train.warm_start import resolve_weights_file
+
+    path = resolve_weights_file(init)
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {"file": path.name, "sha256": digest.hexdigest()}
 
 
 def _supervised_config(seed: int, budget: Any, dino: Any) -> Any:

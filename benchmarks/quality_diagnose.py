@@ -123,11 +123,12 @@ def load_extractor(row: str, seed: int, folder: Path, budget: Any) -> tuple[Any,
     from quality_ceilings import CEILING_ROWS, CHECKPOINT
     from quality_cells import eval_datasets, train_row
 
-    if row in ("random", "supervised", *CEILING_ROWS):
+    if row in ("random", "base", "supervised", *CEILING_ROWS):
         weights = {"supervised": "supervised.pt", **dict.fromkeys(CEILING_ROWS, CHECKPOINT)}
         if row in weights and not (folder / weights[row]).is_file():
             raise FileNotFoundError(folder / weights[row])
         got = train_row(row, seed, budget, folder=folder)  # random: seeded init; others load
+        # (base: the post-training table's starting weights, Budget.init)
         return got["extractor"], got["eval_datasets"]
     from densessl.evaluation.features import build_extractor
 

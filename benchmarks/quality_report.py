@@ -35,6 +35,7 @@ LABELS = {
     "onehot-pixel": "one-hot labels, pixel cells (evaluator sanity)",
     "onehot-patch": "one-hot labels, 8-px cells (patch-grid ceiling)",
     "random": "random init (floor)",
+    "base": "the base, not post-trained",
     "supervised": "supervised on the masks (ceiling)",
     "supervised-image": "supervised on the masks + dominant object on CLS (k-NN ceiling)",
     "supervised-match": "supervised on exact correspondences (PCK ceiling)",
@@ -143,7 +144,7 @@ def check_targets(by_row: dict[str, dict[str, Any]]) -> list[str]:
         lines.append(f"- DINO above random init by > 3σ on {name}: **{status}** ({text})")
     dense = [r for r in by_row if r not in ("onehot-pixel", "onehot-patch", "random")]
     for row in dense:
-        if row in ("supervised", "dino", *CEILING_OF.values()):
+        if row in ("supervised", "dino", "base", *CEILING_OF.values()):
             continue
         for key, name in (("linear", "linear"), ("cluster_C", "K=C"), ("cluster_4C", "K=4C")):
             status, text = _gap(value(row, key), value("dino", key), 2)
@@ -207,6 +208,15 @@ def write_report(
     md = [
         "# Quality benchmark: dense SSL methods at equal compute on synthetic scenes",
         "",
+        *(
+            [
+                "**Post-training table**: every method row (`dino` = DINO continued, the "
+                f"control) starts from the base `{Path(budget.init).name}`.",
+                "",
+            ]
+            if budget.init
+            else []
+        ),
         *(["Quick smoke mode: the numbers below are NOT quality results.", ""] if quick else []),
         f"Command: `{command}` (resumable; finished cells are reused).",
         "",
@@ -262,6 +272,16 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
             "(its crops, heads, optimiser recipe) with "
             f"the shared ViT (vit_tiny, 128-d, {budget.depth} blocks, 4 heads, patch 8); seeds "
             f"{', '.join(map(str, budget.seeds))} (init, data order, augmentation).",
+            *(
+                [
+                    f"- Post-training: each method row starts from `{Path(budget.init).name}` "
+                    "(`densessl pretrain --init`: the backbone of the student and the teacher; "
+                    "heads, prototypes and optimiser fresh); the `base` row is that backbone "
+                    "evaluated as is. Floor and ceiling rows are trained from scratch."
+                ]
+                if budget.init
+                else []
+            ),
             "- Supervised: the same ViT + a 1x1 linear head, pixel cross-entropy on the masks of "
             "the same scenes, global-crop-sized random crops, same steps and batch, AdamW "
             f"lr {budget.supervised_lr:g}; only the backbone is evaluated.",
