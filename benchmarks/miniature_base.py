@@ -201,18 +201,10 @@ def record_segment(folder: Path, step: int) -> None:
 
 def eval_datasets(data: Any, spec: EvalSpec) -> dict[str, Any]:
     """Held-out scenes drawn like the run's ``data`` section (class set, size, geometry)."""
-    from densessl.data.scenes.dataset import SceneConfig, SyntheticScenes
+    from densessl.data.scenes.dataset import SyntheticScenes
+    from densessl.data.sources import scene_config
 
-    scene = SceneConfig(size=data.scenes_size, class_set=data.scenes_class_set)
-    if hasattr(data, "scenes_objects"):  # (absent from runs of code older than the option)
-        scene = SceneConfig(
-            size=data.scenes_size,
-            class_set=data.scenes_class_set,
-            min_objects=data.scenes_objects[0],
-            max_objects=data.scenes_objects[1],
-            min_radius=data.scenes_radius[0],
-            max_radius=data.scenes_radius[1],
-        )
+    scene = scene_config(data)
     return {
         split: SyntheticScenes(spec.eval_scenes, seed=spec.eval_seed, split=split, config=scene)
         for split in ("train", "val")

@@ -208,15 +208,7 @@ def _train_ceiling(
 ) -> dict[str, Any]:
     config = _supervised_config(seed, budget, dino)
     backbone, history = train_ceiling(row, dino.backbone, _train_scenes(budget), config, folder)
-    training = {
-        "steps": history[-1]["step"],
-        "first_loss": history[0]["loss"],
-        "final_loss": history[-1]["loss"],
-        "train_seconds": history[-1]["seconds"],
-        "img_s": history[-1]["img_s"],
-        "accuracy": history[-1]["accuracy"],
-    }
-    return _with_extractor(spec, backbone, datasets, training)
+    return _with_extractor(spec, backbone, datasets, _training_record(history, "accuracy"))
 
 
 def _train_supervised(
@@ -227,15 +219,20 @@ def _train_supervised(
     scenes = _train_scenes(budget)
     config = _supervised_config(seed, budget, dino)
     backbone, history = train_supervised(dino.backbone, scenes, scenes.num_classes, config, folder)
-    training = {
-        "steps": history[-1]["step"],
-        "first_loss": history[0]["loss"],
-        "final_loss": history[-1]["loss"],
-        "train_seconds": history[-1]["seconds"],
-        "img_s": history[-1]["img_s"],
-        "pixel_accuracy": history[-1]["pixel_accuracy"],
+    return _with_extractor(spec, backbone, datasets, _training_record(history, "pixel_accuracy"))
+
+
+def _training_record(history: list[dict[str, Any]], accuracy: str) -> dict[str, Any]:
+    """A cell's ``training`` entry from a supervised-style history (its last logged step)."""
+    first, last = history[0], history[-1]
+    return {
+        "steps": last["step"],
+        "first_loss": first["loss"],
+        "final_loss": last["loss"],
+        "train_seconds": last["seconds"],
+        "img_s": last["img_s"],
+        accuracy: last[accuracy],
     }
-    return _with_extractor(spec, backbone, datasets, training)
 
 
 def _with_extractor(spec: dict, backbone: Any, datasets: dict, training: dict) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from torch.utils.data import Dataset
 
@@ -10,6 +11,24 @@ from densessl.config.schema import DataConfig
 from densessl.errors import ConfigError, brief
 from densessl.io.decode import display_path
 from densessl.io.paths import user_path
+
+if TYPE_CHECKING:
+    from densessl.data.scenes.dataset import SceneConfig
+
+
+def scene_config(cfg: DataConfig) -> SceneConfig:
+    """How a run's on-the-fly scenes are drawn (``data.scenes_*``); ``ValueError`` when a value
+    is out of the renderer's range."""
+    from densessl.data.scenes.dataset import SceneConfig
+
+    return SceneConfig(
+        size=cfg.scenes_size,
+        class_set=cfg.scenes_class_set,
+        min_objects=cfg.scenes_objects[0],
+        max_objects=cfg.scenes_objects[1],
+        min_radius=cfg.scenes_radius[0],
+        max_radius=cfg.scenes_radius[1],
+    )
 
 
 def build_pretrain_images(cfg: DataConfig) -> Dataset:
@@ -20,21 +39,14 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
     images are never seen), or any folder of images (searched recursively).
     """
     if cfg.path == "scenes":
-        from densessl.data.scenes.dataset import SceneConfig, SyntheticScenes
+        from densessl.data.scenes.dataset import SyntheticScenes
 
         try:
             return SyntheticScenes(
                 num_images=cfg.scenes_num_images,
                 seed=cfg.scenes_seed,
                 split="train",
-                config=SceneConfig(
-                    size=cfg.scenes_size,
-                    class_set=cfg.scenes_class_set,
-                    min_objects=cfg.scenes_objects[0],
-                    max_objects=cfg.scenes_objects[1],
-                    min_radius=cfg.scenes_radius[0],
-                    max_radius=cfg.scenes_radius[1],
-                ),
+                config=scene_config(cfg),
             )
         except ValueError as err:  # e.g. a size the scene renderer does not support
             raise ConfigError(

@@ -168,19 +168,58 @@ def train_supervised(
         CheckpointError: ``out`` holds a checkpoint of a different configuration.
         NonFiniteLossError: the loss became NaN/inf (names the step).
     """
-    out = Path(out)
     device = resolve_device(config.device)
     dtype, _ = resolve_precision(config.precision, device)
     torch.manual_seed(config.seed)
     model = _Segmenter(build_backbone(backbone_config), num_classes).to(device)
-    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     identity = _config_json(backbone_config, config, num_classes)
+
+    def step_loss(step: int) -> tuple[Tensor, Callable[[], dict[str, float]]]:
+        images, labels = sample_batch(dataset, config, step)
+        images, labels = images.to(device), labels.to(device)
+        with autocast(device, dtype):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+
+        def metrics() -> dict[str, float]:  # only at logged steps (a host sync)
+            valid = labels != ignore_index
+            correct = (logits.argmax(1) == labels) & valid
+            return {"pixel_accuracy": float(correct.sum()) / max(int(valid.sum()), 1)}
+
+        return loss, metrics
+
+    history = run_resumable_loop(
+        model, step_loss, config, Path(out) / CHECKPOINT, identity, "supervised", on_log=on_log
+    )
+    return model.backbone.eval(), history
+
+
+def run_resumable_loop(
+    model: nn.Module,
+    step_loss: Callable[[int], tuple[Tensor, Callable[[], dict[str, float]]]],
+    config: SupervisedConfig,
+    path: Path,
+    identity: str,
+    what: str,
+    *,
+    crops_per_step: int | None = None,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
+    """AdamW with linear warm-up and cosine decay over ``config.steps``, resumable from ``path``.
+
+    ``step_loss(step)`` returns the step's loss and a callable giving the metrics to log
+    (called only every ``log_every`` steps). ``path`` holds model, optimiser, step, history,
+    wall time and ``identity``; a file of another identity is refused (``what`` names the run
+    in the error). Every ``log_every`` steps a history entry gets ``step``, ``loss``, the
+    metrics, ``lr``, ``img_s`` (``crops_per_step``, default ``batch_size``, per second) and the
+    run's ``seconds``; the file is rewritten every ``checkpoint_every_s`` and at the end.
+    """
+    optimizer = torch.optim.AdamW(_param_groups(model, config.weight_decay), lr=config.lr)
     start, history, seconds = 0, [], 0.0
-    path = out / CHECKPOINT
     if path.is_file():
         state = load_file(path)
         if state.get("config") != identity:
-            raise CheckpointError(f"{path} was written for a different supervised configuration")
+            raise CheckpointError(f"{path} was written for a different {what} configuration")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         start, history = int(state["step"]), list(state["history"])
@@ -188,11 +227,13 @@ def train_supervised(
 
     def save(step: int) -> None:
         state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_atomic({**state, "history": history, "seconds": seconds, "config": identity}, path)
 
+    crops = crops_per_step or config.batch_size
     model.train()
     last_save = time.perf_counter()
-    window_start, window_images = time.perf_counter(), 0
+    window_start, window_crops = time.perf_counter(), 0
     for step in range(start, config.steps):
         tick = time.perf_counter()
         lr = warmup_cosine(  # the supervised row's own recipe: i / W (unchanged)
@@ -200,32 +241,24 @@ def train_supervised(
         )
         for group in optimizer.param_groups:
             group["lr"] = lr
-        images, labels = sample_batch(dataset, config, step)
-        images, labels = images.to(device), labels.to(device)
-        with autocast(device, dtype):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+        loss, metrics = step_loss(step)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         seconds += time.perf_counter() - tick
-        window_images += config.batch_size
+        window_crops += crops
         done = step + 1
         if done % config.log_every == 0 or done == config.steps:
             value = float(loss.detach())
             if not math.isfinite(value):
-                raise NonFiniteLossError(f"supervised training: loss is {value} at step {done}")
-            valid = labels != ignore_index
-            correct = (logits.argmax(1) == labels) & valid
-            accuracy = float(correct.sum()) / max(int(valid.sum()), 1)
-            speed = window_images / max(time.perf_counter() - window_start, 1e-9)
-            entry = {"step": done, "loss": value, "pixel_accuracy": accuracy, "lr": lr}
+                raise NonFiniteLossError(f"{what} training: loss is {value} at step {done}")
+            speed = window_crops / max(time.perf_counter() - window_start, 1e-9)
+            entry = {"step": done, "loss": value, **metrics(), "lr": lr}
             history.append({**entry, "img_s": speed, "seconds": seconds})
-            window_start, window_images = time.perf_counter(), 0
+            window_start, window_crops = time.perf_counter(), 0
             if on_log is not None:
                 on_log(history[-1])
         if time.perf_counter() - last_save >= config.checkpoint_every_s or done == config.steps:
             save(done)
             last_save = time.perf_counter()
-    backbone = model.backbone.eval()
-    return backbone, history
+    return history
