@@ -49,6 +49,26 @@ def strip(key: str) -> str:
     return key
 
 
+LIGHTNING_PREFIX = {"teacher": "teacher.", "student": "model."}
+"""Key prefix of each network in the Lightning checkpoints of Leopart and NeCo."""
+
+
+def lightning_state(obj: Any) -> Mapping[Any, Any]:
+    """A Lightning checkpoint's ``state_dict`` (or ``obj`` itself when it is a bare one)."""
+    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
+        return obj["state_dict"]
+    return obj if isinstance(obj, Mapping) else {}
+
+
+def prefixed_tensors(state: Mapping[Any, Any], prefix: str) -> dict[str, Tensor]:
+    """The tensors of ``state`` whose key starts with ``prefix``, under the rest of the key."""
+    return {
+        str(k)[len(prefix) :]: v
+        for k, v in state.items()
+        if str(k).startswith(prefix) and isinstance(v, Tensor)
+    }
+
+
 def stripped_tensors(state: Mapping[Any, Any]) -> dict[str, Tensor]:
     """The tensors of ``state`` under their stripped keys (other values are left out)."""
     return {strip(str(k)): v for k, v in state.items() if isinstance(v, torch.Tensor)}

@@ -21,20 +21,26 @@ and nothing pickled runs.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from densessl.models.dino_compat import describe
-from densessl.models.formats.common import Converted, require_keys
+from densessl.models.formats.common import (
+    LIGHTNING_PREFIX,
+    Converted,
+    lightning_state,
+    prefixed_tensors,
+    require_keys,
+)
 
 __all__ = ["LIGHTNING_NAMES", "NAME", "lightning_globals", "looks_like", "to_timm"]
 
 NAME = "leopart"
 #: Leopart's heads inside each network.
 HEAD_PREFIXES = ("projection_head.", "prototypes.", "head.")
-NETWORK_PREFIX = {"teacher": "teacher.", "student": "model."}
+NETWORK_PREFIX = LIGHTNING_PREFIX
 
 
 class LightningCallbackKey:
@@ -72,15 +78,9 @@ def lightning_globals() -> Iterator[None]:
         yield
 
 
-def _state(obj: Any) -> Mapping[Any, Any]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        return obj["state_dict"]
-    return obj if isinstance(obj, Mapping) else {}
-
-
 def looks_like(obj: Any) -> bool:
     """A (Lightning) state dict with ``model.``- or ``teacher.``-prefixed ViT keys."""
-    keys = {str(k) for k in _state(obj)}
+    keys = {str(k) for k in lightning_state(obj)}
     return any(f"{p}patch_embed.proj.weight" in keys for p in NETWORK_PREFIX.values())
 
 
@@ -92,13 +92,9 @@ def to_timm(obj: Any, which: str = "teacher") -> Converted:
     """
     if which not in NETWORK_PREFIX:
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
-    state = _state(obj)
+    state = lightning_state(obj)
     prefix = NETWORK_PREFIX[which]
-    net = {
-        str(k)[len(prefix) :]: v
-        for k, v in state.items()
-        if str(k).startswith(prefix) and isinstance(v, torch.Tensor)
-    }
+    net = prefixed_tensors(state, prefix)
     if not net:
         other = "student" if which == "teacher" else "teacher"
         raise ValueError(

@@ -45,16 +45,21 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from densessl.models.dino_compat import describe
-from densessl.models.formats.common import Converted, require_keys
+from densessl.models.formats.common import (
+    LIGHTNING_PREFIX,
+    Converted,
+    lightning_state,
+    prefixed_tensors,
+    require_keys,
+)
 from densessl.models.formats.dinov2 import dinov2_to_timm
 
 __all__ = ["NAME", "SACRED_NAMES", "accepts", "looks_like", "sacred_globals", "to_timm"]
 
 NAME = "neco"
-NETWORK_PREFIX = {"teacher": "teacher.", "student": "model."}
+NETWORK_PREFIX = LIGHTNING_PREFIX
 HEAD_PREFIX = "projection_head."
 #: Arguments of ``NeCo.__init__`` saved by ``save_hyperparameters()`` that Leopart lacks.
 NECO_HPARAMS = ("sort_net", "student_steepness", "teacher_steepness", "arch_version")
@@ -81,22 +86,8 @@ def sacred_globals() -> Iterator[None]:
         yield
 
 
-def _state(obj: Any) -> Mapping[Any, Any]:
-    if isinstance(obj, Mapping) and isinstance(obj.get("state_dict"), Mapping):
-        return obj["state_dict"]
-    return obj if isinstance(obj, Mapping) else {}
-
-
 def _prefixed(state: Mapping[Any, Any]) -> bool:
     return any(f"{p}{MARKER}" in state for p in NETWORK_PREFIX.values())
-
-
-def _network(state: Mapping[Any, Any], prefix: str) -> dict[str, Tensor]:
-    return {
-        str(k)[len(prefix) :]: v
-        for k, v in state.items()
-        if str(k).startswith(prefix) and isinstance(v, Tensor)
-    }
 
 
 def _neco_network(net: Mapping[str, Any]) -> bool:
@@ -108,19 +99,19 @@ def _neco_network(net: Mapping[str, Any]) -> bool:
 def looks_like(obj: Any) -> bool:
     """A NeCo network (``projection_head.*``, no ``prototypes``), bare or under
     ``model.``/``teacher.``, or a Lightning file with NeCo's hyper-parameters."""
-    state = _state(obj)
+    state = lightning_state(obj)
     if _prefixed(state):
         hparams = obj.get("hyper_parameters") if isinstance(obj, Mapping) else None
         if isinstance(hparams, Mapping) and any(k in hparams for k in NECO_HPARAMS):
             return True
-        return any(_neco_network(_network(state, p)) for p in NETWORK_PREFIX.values())
+        return any(_neco_network(prefixed_tensors(state, p)) for p in NETWORK_PREFIX.values())
     return _neco_network(state)
 
 
 def accepts(obj: Any) -> bool:
     """What ``--format neco`` reads: :func:`looks_like`, or a bare ViT state dict without
     the head (DINO or DINOv2 key names)."""
-    state = _state(obj)
+    state = lightning_state(obj)
     return looks_like(obj) or (MARKER in state and "cls_token" in state)
 
 
@@ -132,9 +123,9 @@ def to_timm(obj: Any, which: str = "teacher") -> Converted:
     """
     if which not in NETWORK_PREFIX:
         raise ValueError(f"which must be 'teacher' or 'student', got {which!r}")
-    state = _state(obj)
+    state = lightning_state(obj)
     prefix = NETWORK_PREFIX[which] if _prefixed(state) else ""
-    net = _network(state, prefix)
+    net = prefixed_tensors(state, prefix)
     where = f"{which} network '{prefix}'" if prefix else "one network"
     if not net:
         other = "student" if which == "teacher" else "teacher"
