@@ -94,6 +94,11 @@ RECIPES: dict[str, Recipe] = {
         3000,
         _FRESH + _LOCAL_COLOUR + ("data.scenes_objects=[1,3]", "data.scenes_radius=[0.2,0.4]"),
     ),
+    "fresh-localcolour-lr5": Recipe(
+        "fresh-localcolour with 5x the tiny preset's learning rate (5e-4)",
+        3000,
+        _FRESH + _LOCAL_COLOUR + ("optim.lr=5e-4",),
+    ),
     "base": Recipe(
         "the long run: fresh scenes, colour randomised on the 2 local crops, 40,000 steps",
         40000,
@@ -183,8 +188,13 @@ def recipe_folder(cache: Path, name: str, seed: int, spec: EvalSpec) -> Path:
 
 
 def record_segment(folder: Path, step: int) -> None:
-    """Append (time, starting step, code version, git commit) to ``provenance.json``."""
+    """Append (time, starting step, code version, git commit, hardware) to ``provenance.json``.
+
+    The hardware (:func:`quality_cells.hardware`) includes the autocast dtype:
+    ``train.precision=auto`` trains in bf16 where the CPU has it natively and in fp32
+    elsewhere, so the segments of one run may differ in precision."""
     from quality import _git_commit, code_version
+    from quality_cells import hardware
 
     path = folder / "provenance.json"
     segments = json.loads(path.read_text()) if path.is_file() else []
@@ -194,6 +204,7 @@ def record_segment(folder: Path, step: int) -> None:
             "from_step": step,
             "code_version": code_version("dino"),
             "git_commit": _git_commit(),
+            "hardware": hardware(),
         }
     )
     path.write_text(json.dumps(segments, indent=1))

@@ -69,16 +69,21 @@ def test_image_ceiling_learns_the_dominant_class(ceilings, scenes, tmp_path):
     assert not backbone.training
 
 
-def test_image_labels_are_each_crops_dominant_class(image, scenes):
+def test_image_inputs_are_whole_scenes_labelled_by_their_dominant_class(image, scenes):
     from densessl.data.classification.scene_labels import dominant_class
-    from densessl.train.supervised import sample_batch
 
-    _, labels = sample_batch(scenes, config(1, batch_size=8), 3)  # the supervised row's crops
-    classes = image.crop_classes(labels, image.things_of(scenes))
+    images, labels = image.scene_batch(scenes, config(1, batch_size=8), 3)
+    assert images.shape == (8, 3, 64, 64) and labels.shape == (8, 64, 64)  # scenes, uncropped
+    again, _ = image.scene_batch(scenes, config(1, batch_size=8), 3)
+    assert torch.equal(images, again)  # one stream per (seed, step): exact resumption
+    classes = image.scene_classes(labels, image.things_of(scenes))
     assert image.things_of(scenes) == list(range(3, 9))
     for label, got in zip(labels, classes.tolist(), strict=True):
         expected = dominant_class(label, list(range(3, 9)))
         assert got == (image.IGNORE if expected is None else expected)
+    whole = {tuple(torch.as_tensor(item["label"]).flatten().tolist()) for item in scenes}
+    for label in labels:  # each map is a training scene's own, maybe mirrored
+        assert {tuple(label.flatten().tolist()), tuple(label.flip(-1).flatten().tolist())} & whole
 
 
 def test_match_ceiling_learns_correspondences(ceilings, scenes, tmp_path):
