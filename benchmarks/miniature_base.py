@@ -105,6 +105,23 @@ RECIPES: dict[str, Recipe] = {
         _FRESH + _LOCAL_COLOUR,
         eval_every=2500,
     ),
+    "base-big": Recipe(
+        "the long run on larger objects: fresh-localcolour-big on a 40,000-step schedule",
+        40000,
+        _FRESH + _LOCAL_COLOUR + ("data.scenes_objects=[1,3]", "data.scenes_radius=[0.2,0.4]"),
+        eval_every=2500,
+    ),
+    "base-big-wide": Recipe(
+        "base-big with its 2 colour-randomised local crops as wide as the global ones (64 px, "
+        "area 0.4-1): the student must match the teacher's scene without colour from a crop "
+        "that holds most of the scene, not from a 32-px piece of it",
+        40000,
+        _FRESH
+        + _LOCAL_COLOUR
+        + ("data.scenes_objects=[1,3]", "data.scenes_radius=[0.2,0.4]")
+        + ("views.local_size=64", "views.local_scale=[0.4,1.0]"),
+        eval_every=2500,
+    ),
     "fresh-colour-t02": Recipe(
         "fresh-colour with a sharper teacher (0.02)",
         3000,
