@@ -17,8 +17,8 @@ class is a function of them). Why whole scenes, not the supervised row's crops (
 random floor by 3σ); on whole scenes the same seed's training top-1 rose to 0.61 at step 2,000
 and 1.00 by 4,000 (k-NN 48.0 % in that screen, on the supervised row's scene stream; the
 row's cells on its own stream: 41.0 / 40.5 / 35.0 for seeds 0 / 1 / 2). A crop's dominant
-object is a different question from the scene's, asked at another size (8x8 patches, not 12x12), so the crop-trained
-CLS learnt the scene label slowly and unevenly across seeds. Why the masks: trained on the
+object is a different question from the scene's, asked at another size (8x8 patches, not
+12x12), so the crop-trained CLS learnt the scene label slowly and unevenly across seeds. Why the masks: trained on the
 CLS loss alone (crops, lr 1e-3 and 3e-4) the loss stayed at the entropy of the class prior
 (1.75 nats, 6 classes) for the first 1,200 steps measured: with near-linear features at
 init, the CLS's average over patches holds almost nothing of the textures that name a class.
