@@ -15,10 +15,9 @@ class is a function of them). Why whole scenes, not the supervised row's crops (
 0.4-1): measured on seed 2 with the crops (commit c8c7aa2), the CLS head's training top-1 was
 0.56 at step 4,000 and k-NN 26.0 % (seeds 0 / 1: 38.0 / 40.0, so the row did not clear the
 random floor by 3σ); on whole scenes the same seed's training top-1 rose to 0.61 at step 2,000
-and 1.00 by 4,000 (k-NN 48.0 % in that screen, on the supervised row's scene stream; the
-row's cells on its own stream: 41.0 / 40.5 / 35.0 for seeds 0 / 1 / 2). A crop's dominant
-object is a different question from the scene's, asked at another size (8x8 patches, not
-12x12), so the crop-trained CLS learnt the scene label slowly and unevenly across seeds. Why the masks: trained on the
+and 1.00 by 4,000 (k-NN 48.0 % in that screen). A crop's dominant object is a different
+question from the scene's, asked at another size (8x8 patches, not 12x12), so the crop-trained
+CLS learnt the scene label slowly and unevenly across seeds. Why the masks: trained on the
 CLS loss alone (crops, lr 1e-3 and 3e-4) the loss stayed at the entropy of the class prior
 (1.75 nats, 6 classes) for the first 1,200 steps measured: with near-linear features at
 init, the CLS's average over patches holds almost nothing of the textures that name a class.
