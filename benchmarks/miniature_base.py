@@ -3,8 +3,9 @@
     python benchmarks/miniature_base.py --recipe fresh-colour            # train (resumes) + curve
     (a killed run resumes from its last checkpoint when started again)
     python benchmarks/miniature_base.py --report-only                    # rewrite the curve table
+    python benchmarks/miniature_base.py --recipe base-gray --export      # + ship the final teacher
 
-A recipe (``RECIPES`` below) is DINO's ``tiny`` preset plus overrides: scenes, augmentation,
+A recipe (``miniature_recipes.py``) is DINO's ``tiny`` preset plus overrides: scenes, augmentation,
 budget. It is chosen by looking at **DINO and the supervised row only**: the base must carry
 class structure (class η² ≥ 0.05, 7x random init; linear probe ≥ random + 10 mIoU on held-out
 scenes) before any dense method is judged on it. Every ``--eval-every`` steps the trainer keeps
@@ -30,114 +31,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from miniature_recipes import RECIPES, Recipe
+
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "results" / "miniature"
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """DINO tiny preset + ``overrides``; ``note`` says what the recipe tests."""
-
-    note: str
-    steps: int
-    overrides: tuple[str, ...] = ()
-    batch_size: int = 16
-    scenes_class_set: str = "distinct-cues"
-    scenes_size: int = 96
-    eval_every: int = 1000
-    #: DINO's warm-up and last-layer freeze are in epochs; a recipe fixes them in steps (the
-    #: quality table's 1 epoch of its 2000 scenes = 100 steps of batch 16), so that a run on
-    #: fresh scenes (an epoch of 50,000 steps) warms up as fast.
-    warmup_steps: int = 100
-    freeze_steps: int = 100
-
-
-#: The quality table's DINO row, as a starting point (2000 scenes, mild colour jitter).
-_TABLE = ("data.scenes_num_images=2000",)
-#: Never the same scene twice in a run (scenes are rendered on the fly from their index).
-_FRESH = ("data.scenes_num_images=1000000",)
-#: Colour is drawn at random per instance, so it names an instance, never a class: a view's
-#: hue is turned anywhere on the wheel, saturation and brightness jittered, 20 % grayscale.
-_COLOUR = (
-    "views.photometric.jitter_prob=0.8",
-    "views.photometric.hue=0.5",
-    "views.photometric.saturation=0.6",
-    "views.photometric.grayscale_prob=0.2",
-)
-
-#: The same colour randomisation on the local crops only (student views); the teacher's global
-#: views keep the tiny preset's mild jitter, so its targets stay consistent across views.
-_LOCAL_COLOUR = (
-    "views.local_photometric.jitter_prob=1.0",
-    "views.local_photometric.hue=0.5",
-    "views.local_photometric.saturation=0.6",
-    "views.local_photometric.grayscale_prob=0.2",
-    "views.local_photometric.blur_prob=[0.5,0.1,0.2]",
-    "views.local_photometric.blur_sigma=[0.1,1.0]",
-)
-
-RECIPES: dict[str, Recipe] = {
-    "table": Recipe("the quality table's DINO recipe, 3000 steps", 3000, _TABLE),
-    "fresh": Recipe("fresh scenes every step", 3000, _FRESH),
-    "fresh-colour": Recipe("fresh scenes + colour randomised per view", 3000, _FRESH + _COLOUR),
-    "fresh-localcolour": Recipe(
-        "fresh scenes + colour randomised on the local crops only", 3000, _FRESH + _LOCAL_COLOUR
-    ),
-    "fresh-localcolour-6": Recipe(
-        "fresh-localcolour with 6 local crops (DINO uses 8); the first long-run attempt, "
-        "40,000 steps, was stopped at step 320 (teacher mutual information 1.03 -> 0.29)",
-        3000,
-        _FRESH + _LOCAL_COLOUR + ("views.num_local=6",),
-    ),
-    "fresh-localcolour-big": Recipe(
-        "fresh-localcolour with 1-3 larger objects (radius 0.2-0.4 of the side)",
-        3000,
-        _FRESH + _LOCAL_COLOUR + ("data.scenes_objects=[1,3]", "data.scenes_radius=[0.2,0.4]"),
-    ),
-    "fresh-localcolour-lr5": Recipe(
-        "fresh-localcolour with 5x the tiny preset's learning rate (5e-4)",
-        3000,
-        _FRESH + _LOCAL_COLOUR + ("optim.lr=5e-4",),
-    ),
-    "base": Recipe(
-        "the long run: fresh scenes, colour randomised on the 2 local crops, 40,000 steps",
-        40000,
-        _FRESH + _LOCAL_COLOUR,
-        eval_every=2500,
-    ),
-    "base-big": Recipe(
-        "the long run on larger objects: fresh-localcolour-big on a 40,000-step schedule",
-        40000,
-        _FRESH + _LOCAL_COLOUR + ("data.scenes_objects=[1,3]", "data.scenes_radius=[0.2,0.4]"),
-        eval_every=2500,
-    ),
-    "base-big-wide": Recipe(
-        "base-big with its 2 colour-randomised local crops as wide as the global ones (64 px, "
-        "area 0.4-1): the student must match the teacher's scene without colour from a crop "
-        "that holds most of the scene, not from a 32-px piece of it",
-        40000,
-        _FRESH
-        + _LOCAL_COLOUR
-        + ("data.scenes_objects=[1,3]", "data.scenes_radius=[0.2,0.4]")
-        + ("views.local_size=64", "views.local_scale=[0.4,1.0]"),
-        eval_every=2500,
-    ),
-    "fresh-colour-t02": Recipe(
-        "fresh-colour with a sharper teacher (0.02)",
-        3000,
-        _FRESH + _COLOUR + ("dino.teacher_temp=0.02", "dino.warmup_teacher_temp=0.02"),
-    ),
-    "fresh-colour-t01": Recipe(
-        "fresh-colour with a teacher at 0.01",
-        3000,
-        _FRESH + _COLOUR + ("dino.teacher_temp=0.01", "dino.warmup_teacher_temp=0.01"),
-    ),
-    "fresh-colour-fast": Recipe(
-        "fresh-colour with lr 3e-4 and teacher EMA 0.99",
-        3000,
-        _FRESH + _COLOUR + ("optim.lr=3e-4", "optim.momentum_teacher=0.99"),
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -338,14 +235,18 @@ def collect(folder: Path) -> list[dict[str, Any]]:
 
 
 def write_report(cache: Path, out: Path) -> Path:
-    """Every recipe folder in ``cache`` with its curve, as markdown + JSON."""
-    curves: dict[str, Any] = {}
+    """Every recipe folder in ``cache`` with its curve, as markdown + JSON. Curves of an
+    earlier ``base_curve.json`` in ``out`` whose folders this cache lacks (runs of earlier
+    sessions, on other machines) are kept."""
+    old = out / "base_curve.json"
+    curves: dict[str, Any] = json.loads(old.read_text()) if old.is_file() else {}
     for folder in sorted(cache.glob("*-seed*-*")):
         rows = collect(folder)
         if rows:
             name = folder.name.rsplit("-seed", 1)[0]
             note = RECIPES[name].note if name in RECIPES else "(recipe no longer listed)"
             curves[folder.name] = {"recipe": name, "note": note, "curve": rows}
+    curves = dict(sorted(curves.items()))
     out.mkdir(parents=True, exist_ok=True)
     (out / "base_curve.json").write_text(json.dumps(curves, indent=1))
     lines = ["# Miniature base: DINO curves on the scenes", ""]
@@ -362,6 +263,44 @@ def write_report(cache: Path, out: Path) -> Path:
     return path
 
 
+#: Where ``--export`` writes a finished recipe's final teacher: the package's shipped backbones.
+SHIPPED = HERE.parent / "src" / "densessl" / "models" / "shipped"
+
+
+def export_base(name: str, seed: int, cache: Path, spec: EvalSpec, out: Path) -> Path:
+    """Export the final teacher of a finished run of ``name`` to ``out`` (a densessl export),
+    with the recipe, its curve and the reproducing command added to ``meta.json``; prints the
+    weights' sha256 (to record in ``densessl.models.shipped``)."""
+    from densessl.export import export_backbone
+    from densessl.models.shipped import sha256_of
+
+    folder = recipe_folder(cache, name, seed, spec)
+    run = folder / "run"
+    if not (run / "done").is_file():
+        raise SystemExit(f"miniature_base: {run} has not finished; train it first")
+    export_backbone(run, out, which="teacher")
+    meta_path = out / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    recipe = RECIPES[name]
+    meta["source"] = {"kind": "run", "recipe": name, "seed": seed, "cache_folder": folder.name}
+    meta["recipe"] = {
+        "note": recipe.note,
+        "steps": recipe.steps,
+        "batch_size": recipe.batch_size,
+        "overrides": list(recipe.overrides),
+        "scenes": {"class_set": recipe.scenes_class_set, "size": recipe.scenes_size},
+    }
+    meta["reproduce"] = (
+        f"python benchmarks/miniature_base.py --recipe {name} --seed {seed} --export"
+    )
+    meta["curve"] = collect(folder)
+    meta["provenance"] = json.loads((folder / "provenance.json").read_text())
+    meta_path.write_text(json.dumps(meta, indent=1) + "\n")
+    print(f"exported {name} seed {seed} to {out}; model.safetensors sha256 "
+          f"{sha256_of(out / 'model.safetensors')}")  # fmt: skip
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipe", choices=sorted(RECIPES), action="append", default=[])
@@ -373,6 +312,14 @@ def main(argv: list[str] | None = None) -> int:
         "--eval-only", action="store_true", help="evaluate the checkpoints kept so far, no training"
     )
     parser.add_argument("--quick", action="store_true", help="smoke mode (the quick recipe)")
+    parser.add_argument(
+        "--export",
+        nargs="?",
+        const=SHIPPED / "miniature_base",
+        type=Path,
+        default=None,
+        help="after training, export the final teacher (default: the shipped miniature base)",
+    )
     args = parser.parse_args(argv)
     cache = args.cache or (args.out / "cache")
     spec, names = EvalSpec(), args.recipe
@@ -384,6 +331,9 @@ def main(argv: list[str] | None = None) -> int:
         for row in run_recipe(name, args.seed, cache, spec, train=not args.eval_only):
             print("   ", json.dumps({k: round(v, 3) for k, v in row.items()}), flush=True)
     print("wrote", write_report(cache, args.out))
+    if args.export is not None:
+        for name in names:
+            export_base(name, args.seed, cache, spec, args.export)
     return 0
 
 

@@ -49,6 +49,8 @@ def test_wheel_ships_every_methods_presets(installed):
         for preset in ("tiny", "paper", "smoke"):
             assert f"densessl/methods/{name}/presets/{preset}.yaml" in names
     assert "densessl/py.typed" in names
+    for shipped in ("model.safetensors", "meta.json", "config.json"):  # densessl:miniature-base
+        assert f"densessl/models/shipped/miniature_base/{shipped}" in names
     assert not any(n.startswith(("tests/", "benchmarks/")) for n in names)
 
 

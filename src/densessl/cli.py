@@ -81,8 +81,11 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
     from densessl.data.scenes.dataset import format_statistics, scene_statistics, write_scenes
     from densessl.errors import ConfigError
 
-    opts = {k: f"--{k.replace('_', '-')}" for k in ("num_images", "size", "seed", "class_set")}
-    config = check(args.num_images, args.size, args.seed, args.class_set, names=opts)
+    keys = ("num_images", "size", "seed", "class_set", "colours")
+    opts = {k: f"--{k.replace('_', '-')}" for k in keys}
+    config = check(
+        args.num_images, args.size, args.seed, args.class_set, names=opts, colours=args.colours
+    )
     try:
         out = write_scenes(args.out, args.num_images, args.size, args.seed, config=config)
     except (FileExistsError, NotADirectoryError) as err:  # a file, a folder of other files
@@ -95,7 +98,8 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from densessl.demo import run_demo
 
-    run_demo(Path(args.out), steps=args.steps, method=args.method)
+    init = None if args.init.lower() == "none" else args.init
+    run_demo(Path(args.out), steps=args.steps, method=args.method, init=init)
     return 0
 
 
@@ -350,11 +354,26 @@ def build_parser(
         default="shared-cues",
         help="thing classes: 'shared-cues' (default) or 'distinct-cues' (own shape + texture)",
     )
+    p.add_argument(
+        "--colours",
+        default="instance",
+        help="'instance' (default: any colours), 'palette' (eight shared colours) or 'gray'",
+    )
     p.set_defaults(func=_cmd_scenes)
 
     p = sub.add_parser("demo", help="the end-to-end demo on synthetic scenes")
     p.add_argument("--out", default="runs/demo", help="demo output folder")
-    p.add_argument("--steps", type=int, default=None, help="pretraining steps (preset default)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps (150 from a base, else preset)",
+    )
+    p.add_argument(
+        "--init",
+        default="densessl:miniature-base",
+        help="backbone to post-train (default: the shipped DINO base); 'none' = from scratch",
+    )
     p.add_argument(
         "--method", default="leopart", help="method whose tiny preset is trained (default leopart)"
     )

@@ -1,12 +1,15 @@
 """The end-to-end demo on the embedded default data (the README's first command).
 
-Writes synthetic scenes, prints their statistics, pretrains a method's tiny preset on the
-train split (Leopart by default: the dense method built for segmentation; measured on 1000
-scenes, 600 steps, it edges out DINO-tiny on linear, K=4C clustering and retrieval mIoU),
-evaluates the trained teacher and a random-init backbone of the same architecture on
-the val split with the three dense protocols (linear probe, overclustering, dense
-retrieval), draws feature pictures of a few val scenes for both, exports the teacher to timm
-format, and writes ``report.md`` in the run directory with the table and the pictures.
+Writes synthetic scenes in the world of the shipped DINO base (``densessl:miniature-base``:
+gray distinct-cue scenes, 1-3 large objects), post-trains a method's tiny preset from that
+base on the train split (Leopart by default: the paper's setting, a dense objective
+fine-tuning a pretrained DINO), evaluates the post-trained teacher, the base it started from
+and a random-init backbone of the same architecture on the val split with the three dense
+protocols (linear probe, overclustering, dense retrieval), reports the gain over the base,
+draws the base's and the post-trained teacher's feature pictures of the same val scenes side
+by side, exports the teacher to timm format, and writes ``report.md`` in the run directory.
+``init=None`` (``densessl demo --init none``) pretrains from scratch on the default scenes
+instead, with the preset's own step count.
 """
 
 from __future__ import annotations
@@ -16,20 +19,51 @@ import time
 from pathlib import Path
 from typing import Any
 
-from densessl.data.scenes.dataset import format_statistics, scene_statistics, write_scenes
+from densessl.data.scenes.dataset import (
+    SceneConfig,
+    format_statistics,
+    scene_statistics,
+    write_scenes,
+)
 from densessl.methods.base import get_method
 from densessl.train.trainer import pretrain, read_metrics
 
 PROTOCOLS = ("linear", "cluster", "retrieval")
 
+#: The base the demo post-trains from (:mod:`densessl.models.shipped`).
+DEFAULT_INIT = "densessl:miniature-base"
 
-def _evaluate_all(run: Path, scenes: Path, out: Path, label: str) -> list[dict[str, Any]]:
+#: Post-training steps when none are given (from scratch: the preset's own count).
+POST_TRAINING_STEPS = 150
+
+
+def _scene_config(init: str | None) -> SceneConfig:
+    """The scenes of ``init``'s world: a shipped base's own, else the default scenes."""
+    from densessl.models.shipped import PREFIX, SHIPPED, is_shipped, shipped_folder
+
+    if init is None or not is_shipped(init):
+        return SceneConfig()
+    name = init[len(PREFIX) :]
+    shipped_folder(name)  # an unknown name or damaged weights fail before anything is written
+    world = SHIPPED[name].scenes
+    return SceneConfig(
+        size=world.get("size", 96),
+        class_set=world.get("class_set", "shared-cues"),
+        colours=world.get("colours", "instance"),
+        min_objects=world.get("objects", (1, 5))[0],
+        max_objects=world.get("objects", (1, 5))[1],
+        min_radius=world.get("radius", (0.12, 0.28))[0],
+        max_radius=world.get("radius", (0.12, 0.28))[1],
+    )
+
+
+def _evaluate_all(backbones: list[tuple[str, str, str]], scenes: Path, out: Path) -> list[dict]:
+    """Every protocol for every ``(label, tag, backbone)``; results in ``out/<protocol>_<tag>``."""
     from densessl.evaluation.api import evaluate
 
     rows = []
-    for name, backbone in ((label, str(run)), ("random init", f"random:{run}")):
+    for name, tag, backbone in backbones:
         for protocol in PROTOCOLS:
-            tag = "trained" if backbone == str(run) else "random"
             record = evaluate(
                 protocol,
                 backbone,
@@ -40,8 +74,8 @@ def _evaluate_all(run: Path, scenes: Path, out: Path, label: str) -> list[dict[s
                 verbose=False,
             )
             for row in record["summary"]:
-                rows.append({"backbone": name, "eval": protocol, **row})
-            print(f"  {name:<12} {protocol:<10} done ({record['seconds']:.0f} s)")
+                rows.append({"backbone": name, "tag": tag, "eval": protocol, **row})
+            print(f"  {name:<22} {protocol:<10} done ({record['seconds']:.0f} s)")
     return rows
 
 
@@ -69,78 +103,145 @@ def _training_summary(records: list[dict[str, Any]]) -> str:
 
 
 def _format_rows(rows: list[dict[str, Any]]) -> str:
-    lines = [f"{'backbone':<12} {'eval':<10} {'result':<6} {'matching':<10} {'mIoU':>13}"]
+    lines = [f"{'backbone':<22} {'eval':<10} {'result':<6} {'matching':<10} {'mIoU':>13}"]
     for r in rows:
         std = f" ± {100 * r['std']:.1f}" if r.get("std") is not None else ""
         matching = r["matching"].split(" ")[0]
         miou = f"{100 * r['miou']:.1f}{std}"
         lines.append(
-            f"{r['backbone']:<12} {r['eval']:<10} {r['result']:<6} {matching:<10} {miou:>13}"
+            f"{r['backbone']:<22} {r['eval']:<10} {r['result']:<6} {matching:<10} {miou:>13}"
         )
     protocols = {r["eval"]: r["protocol"] for r in rows}
     lines += [f"  {name}: {words}" for name, words in protocols.items()]
     return "\n".join(lines)
 
 
+def _gains(rows: list[dict[str, Any]], against: str) -> str:
+    """Post-trained minus ``against`` (``"base"`` or ``"random"``), per protocol and result."""
+    by = {(r["tag"], r["eval"], r["result"]): r["miou"] for r in rows}
+    parts = [
+        f"{protocol} {result} {100 * (miou - by[(against, protocol, result)]):+.1f}"
+        for (tag, protocol, result), miou in by.items()
+        if tag == "trained" and (against, protocol, result) in by
+    ]
+    return ", ".join(parts)
+
+
 def run_demo(
-    out: Path, steps: int | None = None, num_images: int = 1000, method: str = "leopart"
+    out: Path,
+    steps: int | None = None,
+    num_images: int = 1000,
+    method: str = "leopart",
+    init: str | None = DEFAULT_INIT,
 ) -> Path:
-    """Run the demo into ``out`` and return the pretraining run directory."""
+    """Run the demo into ``out`` and return the training run directory.
+
+    ``init``: the backbone to post-train (anything ``densessl pretrain --init`` takes; the
+    default is the shipped DINO base, whose scenes the demo draws), or None to pretrain
+    from scratch on the default scenes. ``steps``: training steps (default
+    :data:`POST_TRAINING_STEPS` after a base, the preset's own count from scratch)."""
     start = time.perf_counter()
     get_method(method)  # an unknown name fails before the scenes are written
+    config = _scene_config(init)
     out = Path(out)
     scenes = out / "scenes"
     if not (scenes / "classes.json").is_file():
-        write_scenes(scenes, num_images, 96, seed=0, progress=True)
+        write_scenes(scenes, num_images, config.size, seed=0, config=config, progress=True)
     print(f"[1/4] synthetic scenes in {scenes}")
     print(format_statistics(scene_statistics(scenes)))
 
-    print(f"[2/4] pretraining {method} (tiny preset) on the train split")
+    if init is None:
+        print(f"[2/4] pretraining {method} (tiny preset) from scratch on the train split")
+        name, label = f"{method}-tiny", f"{method} tiny"
+    else:
+        steps = POST_TRAINING_STEPS if steps is None else steps
+        print(f"[2/4] post-training {method} (tiny preset) from {init} on the train split")
+        name, label = f"{method}-from-base", f"{method} post-trained"
     run = pretrain(
-        method=method, data=str(scenes), out=out / f"{method}-tiny", preset="tiny", steps=steps
+        method=method, data=str(scenes), out=out / name, preset="tiny", steps=steps, init=init
     )
     records = read_metrics(run)
     print(_training_summary(records))
 
-    print("[3/4] evaluating the trained teacher and a random-init ViT on the val split")
-    rows = _evaluate_all(run, scenes, run / "eval", f"{method} tiny")
+    print("[3/4] evaluating the trained teacher, its base and a random-init ViT on the val split")
+    backbones = [(label, "trained", str(run))]
+    if init is not None:
+        backbones.append(("base", "base", init))
+    backbones.append(("random init", "random", f"random:{run}"))
+    rows = _evaluate_all(backbones, scenes, run / "eval")
     table = _format_rows(rows)
     print(table)
+    gains = _gains(rows, "base" if init is not None else "random")
+    print(f"gain over the {'base' if init is not None else 'random init'} (mIoU points): {gains}")
     (run / "eval" / "demo_summary.json").write_text(json.dumps(rows, indent=2) + "\n")
 
     print("[4/4] pictures of val scenes and export to timm format")
-    pictures = _pictures(run, scenes)
+    pictures = _pictures(run, scenes, [(tag, backbone) for _, tag, backbone in backbones])
     from densessl.export import export_backbone
 
     export = export_backbone(run, run / "export")
-    report = _write_report(run, method, records, table, pictures, export)
+    report = _write_report(run, method, init, records, table, gains, pictures, export)
     print(f"report: {report}")
     print(f"run directory: {run}  (config.yaml, metrics.jsonl, checkpoints/, eval/, pictures/)")
     print(f"demo finished in {time.perf_counter() - start:.0f} s")
     return run
 
 
-def _pictures(run: Path, scenes: Path, count: int = 4) -> dict[str, list[Path]]:
+def _pictures(
+    run: Path, scenes: Path, backbones: list[tuple[str, str]], count: int = 4
+) -> dict[str, list[Path]]:
+    """Feature panels of the first ``count`` val scenes per backbone, and (after a base) the
+    base's and the post-trained teacher's panels of each scene stacked in one picture."""
     from densessl.viz.panels import visualize
 
     val = (scenes / "splits" / "val.txt").read_text().split()[:count]
     files = [scenes / "images" / f"{name}.png" for name in val]
-    return {
+    panels = {
         tag: visualize(backbone, files, run / "pictures" / tag, size=192, progress=False)
-        for tag, backbone in (("trained", str(run)), ("random", f"random:{run}"))
+        for tag, backbone in backbones
     }
+    if "base" in panels:
+        panels = {"base vs post-trained": _stack(panels["base"], panels["trained"], run)} | panels
+    return panels
+
+
+def _stack(top: list[Path], bottom: list[Path], run: Path) -> list[Path]:
+    """Each pair of panels one above the other, labelled, in ``pictures/side_by_side``."""
+    from PIL import Image, ImageDraw
+
+    folder = run / "pictures" / "side_by_side"
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for upper, lower in zip(top, bottom, strict=True):
+        images = [Image.open(upper).convert("RGB"), Image.open(lower).convert("RGB")]
+        width = max(im.width for im in images)
+        strip = 14
+        canvas = Image.new("RGB", (width, sum(im.height + strip for im in images)), "white")
+        draw, y = ImageDraw.Draw(canvas), 0
+        for label, image in zip(("base", "post-trained"), images, strict=True):
+            draw.text((4, y + 1), label, fill="black")
+            canvas.paste(image, (0, y + strip))
+            y += image.height + strip
+        path = folder / upper.name
+        canvas.save(path)
+        written.append(path)
+    return written
 
 
 def _write_report(
     run: Path,
     method: str,
+    init: str | None,
     records: list[dict[str, Any]],
     table: str,
+    gains: str,
     pictures: dict[str, list[Path]],
     export: Path,
 ) -> Path:
+    start = f"post-trained from `{init}`" if init is not None else "from scratch"
+    against = "the base it started from" if init is not None else "random init"
     lines = [
-        f"# densessl demo: {method} (tiny preset) on synthetic scenes",
+        f"# densessl demo: {method} (tiny preset) {start}, on synthetic scenes",
         "",
         f"Training: {_training_summary(records)}.",
         "",
@@ -149,6 +250,8 @@ def _write_report(
         "```",
         table,
         "```",
+        "",
+        f"Gain over {against} (mIoU points): {gains}.",
         "",
         "## Feature pictures (input | PCA of patch features | k-means | CLS attention)",
         "",

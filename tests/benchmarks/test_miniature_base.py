@@ -38,3 +38,13 @@ def test_quick_curve_is_written_cached_and_recorded(tmp_path):
     run("--quick", "--out", str(out))  # finished: nothing retrained or re-evaluated
     assert {p: p.stat().st_mtime_ns for p in (folder / "eval").iterdir()} == before
     assert len(json.loads((folder / "provenance.json").read_text())) == 1
+    exported = tmp_path / "export"
+    printed = run("--quick", "--out", str(out), "--export", str(exported))
+    meta = json.loads((exported / "meta.json").read_text())
+    assert meta["reproduce"].endswith("--recipe quick --seed 0 --export")
+    assert [row["step"] for row in meta["curve"]] == [0, 2, 4] and meta["step"] == 4
+    from densessl.evaluation.features import build_extractor
+    from densessl.models.shipped import sha256_of
+
+    assert sha256_of(exported / "model.safetensors") in printed
+    assert len(build_extractor(exported).model.model.blocks) == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from pathlib import Path
@@ -110,8 +111,12 @@ def _balanced_accuracy(pred: np.ndarray, true: np.ndarray, k: int) -> float:
     return float(np.mean([(pred[true == c] == c).mean() for c in range(k)]))
 
 
-def test_colour_does_not_predict_the_thing_class(scenes):
-    """Nearest-class-mean and colour-histogram classifiers over thing pixels are near chance."""
+@pytest.mark.parametrize("colours", scene_render.COLOUR_MODES)
+def test_colour_does_not_predict_the_thing_class(scenes, colours):
+    """Nearest-class-mean and colour-histogram classifiers over thing pixels are near chance,
+    whichever way colours are drawn."""
+    if colours != CFG.colours:
+        scenes = [render_scene(i, 0, SceneConfig(colours=colours)) for i in range(200)]
 
     def thing_pixels(items):
         img = np.concatenate([i.reshape(-1, 3) for i, _ in items]).astype(np.float64)
@@ -137,12 +142,44 @@ def test_colour_does_not_predict_the_thing_class(scenes):
     for classify in (nearest_mean, histogram):
         acc = _balanced_accuracy(classify(x_fit, y_fit, x_test), y_test, T)
         assert acc < 1.6 * chance, (classify.__name__, acc)
+        if colours != "instance":
+            continue
         # Control: a class bias of +-30 (of 255) in the colours would already fail the test.
         shift = np.random.default_rng(0).uniform(-30, 30, (T, 3))
         acc = _balanced_accuracy(
             classify(x_fit + shift[y_fit], y_fit, x_test + shift[y_test]), y_test, T
         )
         assert acc > 1.6 * chance, (classify.__name__, acc)
+
+
+def test_palette_and_gray_colours():
+    bare = {"noise": 0.0, "blur": 0.0}
+    gray = [render_scene(i, 0, SceneConfig(colours="gray", **bare))[0] for i in range(5)]
+    noisy = render_scene(0, 0, SceneConfig(colours="gray", noise=20.0))[0].astype(int)
+    for img in [*gray, noisy]:
+        assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+    assert np.std(noisy - render_scene(0, 0, SceneConfig(colours="gray", noise=0.0))[0]) > 2
+    palette = np.asarray(scene_render.PALETTE, np.float64)
+
+    def off_palette(config: SceneConfig) -> np.ndarray:
+        """Each pixel's distance to the nearest mix of two palette colours."""
+        x = np.concatenate([render_scene(i, 0, config)[0].reshape(-1, 3) for i in range(5)])
+        best = np.full(len(x), np.inf)
+        for a, b in itertools.combinations(palette, 2):
+            t = np.clip((x - a) @ (b - a) / ((b - a) @ (b - a)), 0.0, 1.0)
+            best = np.minimum(best, np.linalg.norm(x - a - t[:, None] * (b - a), axis=1))
+        return best
+
+    # Textures blend an object's two colours; only anti-aliased outlines mix more.
+    assert np.mean(off_palette(SceneConfig(colours="palette", **bare)) < 2) > 0.9
+    assert np.mean(off_palette(SceneConfig(**bare)) < 2) < 0.05
+    # Geometry and labels do not depend on the colours.
+    for i in range(3):
+        labels = {m: render_scene(i, 0, SceneConfig(colours=m))[1].tobytes()
+                  for m in scene_render.COLOUR_MODES}  # fmt: skip
+        assert len(set(labels.values())) == 1
+    with pytest.raises(ValueError, match=r"SceneConfig\.colours.*'rainbow'"):
+        SceneConfig(colours="rainbow")
 
 
 def test_sizes_and_resolution_independence():
@@ -339,3 +376,17 @@ def test_cli_writes_the_distinct_cue_set(tmp_path: Path, capsys):
     assert "wrote 4 scenes" in capsys.readouterr().out
     assert main([*args, "--class-set", "easy"]) == 2
     assert "--class-set" in capsys.readouterr().err
+
+
+def test_cli_writes_gray_scenes(tmp_path: Path, capsys):
+    from densessl.cli import main
+
+    out = tmp_path / "g"
+    args = ["scenes", "--out", str(out), "--num-images", "4", "--size", "64"]
+    assert main([*args, "--colours", "gray"]) == 0
+    meta = json.loads((out / "classes.json").read_text())
+    assert meta["colours"] == meta["config"]["colours"] == "gray"
+    image = np.asarray(Image.open(next((out / "images").glob("*.png"))))
+    assert (image[..., 0] == image[..., 2]).all()
+    assert main([*args[:2], str(tmp_path / "h"), *args[3:], "--colours", "sepia"]) == 2
+    assert "--colours" in capsys.readouterr().err and not (tmp_path / "h").exists()

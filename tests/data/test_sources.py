@@ -40,6 +40,16 @@ def test_scene_class_set_reaches_the_scenes_and_bad_values_are_named():
         build_pretrain_images(DataConfig(path="scenes", scenes_class_set="hard"))
 
 
+def test_scene_colours_reach_the_scenes_and_bad_values_are_named():
+    gray = build_pretrain_images(
+        DataConfig(path="scenes", scenes_num_images=10, scenes_colours="gray")
+    )
+    image = gray[0]["image"]
+    assert gray.config.colours == "gray" and (image[0] == image[1]).all()
+    with pytest.raises(ConfigError, match=r"data\.scenes_colours='sepia'"):
+        build_pretrain_images(DataConfig(path="scenes", scenes_colours="sepia"))
+
+
 def test_missing_and_file_paths_are_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         build_pretrain_images(DataConfig(path=str(tmp_path / "nope")))

@@ -84,6 +84,12 @@ def test_cli_eval_writes_json_into_the_run_and_prints_the_table(tiny_run, tmp_pa
     distinct = [*argv, "seeds=[3]", "n_init=1", "iters=5", "data.num_images=20"]
     assert main([*distinct, "data.class_set=distinct-cues", "--out", str(out)]) == 0
     assert "K=9" in capsys.readouterr().out  # 3 stuff + 6 distinct-cue thing classes
+    world = ["data.colours=gray", "data.objects=[1,3]", "data.radius=[0.2,0.4]"]
+    assert main([*distinct, *world, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["dataset"]["options"]["colours"] == "gray"
+    capsys.readouterr()
+    assert main([*distinct, "data.colours=sepia", "--out", str(tmp_path / "no.json")]) == 2
+    assert "colours" in capsys.readouterr().err and not (tmp_path / "no.json").exists()
 
 
 def test_cli_errors_exit_2_with_the_reason(tiny_run, tmp_path, capsys):

@@ -29,6 +29,8 @@ class DataConfig:
         scenes_num_images / scenes_size / scenes_seed / scenes_class_set: the on-the-fly
             scenes (``scenes_class_set``: ``"shared-cues"`` or ``"distinct-cues"``, see
             :class:`densessl.data.scenes.dataset.SceneConfig`).
+        scenes_colours: how the scenes' colours are drawn, never from the class:
+            ``"instance"`` (any colours), ``"palette"`` (eight shared colours) or ``"gray"``.
         scenes_objects: (fewest, most) objects per scene, drawn uniformly (0-12).
         scenes_radius: (smallest, largest) object radius as a fraction of the image side
             (0.03-0.4); the defaults give objects of ~4-25 % of the image each.
@@ -43,6 +45,7 @@ class DataConfig:
     scenes_size: int = 96
     scenes_seed: int = 0
     scenes_class_set: str = "shared-cues"
+    scenes_colours: str = "instance"
     scenes_objects: tuple[int, int] = (1, 5)
     scenes_radius: tuple[float, float] = (0.12, 0.28)
     batch_size: int = 64

@@ -24,6 +24,7 @@ def scene_config(cfg: DataConfig) -> SceneConfig:
     return SceneConfig(
         size=cfg.scenes_size,
         class_set=cfg.scenes_class_set,
+        colours=cfg.scenes_colours,
         min_objects=cfg.scenes_objects[0],
         max_objects=cfg.scenes_objects[1],
         min_radius=cfg.scenes_radius[0],
@@ -53,6 +54,7 @@ def build_pretrain_images(cfg: DataConfig) -> Dataset:
                 f"data.scenes_*: {err} (data.scenes_size={cfg.scenes_size}, "
                 f"data.scenes_num_images={cfg.scenes_num_images}, "
                 f"data.scenes_class_set={brief(cfg.scenes_class_set)}, "
+                f"data.scenes_colours={brief(cfg.scenes_colours)}, "
                 f"data.scenes_objects={list(cfg.scenes_objects)}, "
                 f"data.scenes_radius={list(cfg.scenes_radius)})"
             ) from err

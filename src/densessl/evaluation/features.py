@@ -14,7 +14,8 @@ the architecture embedded in it; a disagreeing ``config.yaml`` is refused), ``FI
 folder or ``.safetensors`` with
 ``meta.json`` (:func:`from_export`), ``timm:NAME`` with a local weights file
 (:func:`from_timm`; nothing is downloaded), ``random:ARCH`` or ``random:RUN_DIR``
-(:func:`random_init`, seeded baselines).
+(:func:`random_init`, seeded baselines), ``densessl:NAME`` (an export shipped with the package,
+:mod:`densessl.models.shipped`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from densessl.models.arch_checks import export_config
 from densessl.models.formats.detect import detect_format, read_checkpoint, resolve_format
 from densessl.models.loading import backbone_from_state, load_timm_weights
 from densessl.models.run_arch import run_backbone_config, yaml_backbone_config
+from densessl.models.shipped import is_shipped, resolve_shipped
 from densessl.models.vit import ARCHS, BackboneConfig, build_backbone
 
 __all__ = [
@@ -52,7 +54,7 @@ SOURCES_HELP = (
     "a densessl run directory, a checkpoint file (densessl, DINO, DINOv2, DINOv3, SelfPatch, "
     "Leopart, LOCA, FLSL, or a timm-layout .pth/.safetensors), an exported backbone "
     "(folder or .safetensors with meta.json), timm:NAME (with "
-    "weights=FILE) or random:ARCH / random:RUN_DIR"
+    "weights=FILE), random:ARCH / random:RUN_DIR or densessl:miniature-base (shipped)"
 )
 
 
@@ -331,6 +333,8 @@ def build_extractor(
         if weights is None:
             raise ConfigError(f"{text} needs a local weights file (weights=FILE / --weights FILE)")
         return from_timm(text.partition(":")[2], weights)
+    if is_shipped(text):
+        return from_export(resolve_shipped(text))
     path = user_path(text)
     if path.is_dir():
         if (path / "config.yaml").is_file() or (path / "checkpoints" / "last.pt").is_file():

@@ -3,7 +3,8 @@
 Accepts a densessl run directory or checkpoint (its EMA-teacher backbone is used), an
 official DINO, DINOv2 or DINOv3 checkpoint (backbone-only or full training checkpoint), a
 timm-layout file of any family, or a released SelfPatch, Leopart, LOCA (Flax) or FLSL
-checkpoint (:mod:`densessl.models.formats`; teacher network). Heads, prototypes and optimiser
+checkpoint (:mod:`densessl.models.formats`; teacher network), or a backbone shipped with the
+package (``densessl:NAME``, :mod:`densessl.models.shipped`). Heads, prototypes and optimiser
 state start fresh; for an exact continuation of a run use the same ``--out``.
 
 Methods whose backbone has no CLS token (SelfPatch, FLSL, LOCA) start from a file with one by
@@ -24,11 +25,15 @@ from densessl.methods.base import Method
 from densessl.models.formats.detect import convert, read_checkpoint
 from densessl.models.loading import load_timm_weights
 from densessl.models.run_arch import run_backbone_config
+from densessl.models.shipped import is_shipped, resolve_shipped
 from densessl.models.vit import ViTBackbone
 
 
 def resolve_weights_file(source: str | Path) -> Path:
-    """A run directory means its ``checkpoints/last.pt``; a file is used as is."""
+    """A run directory means its ``checkpoints/last.pt``, ``densessl:NAME`` the shipped
+    export's ``model.safetensors`` (:mod:`densessl.models.shipped`); a file is used as is."""
+    if is_shipped(source):
+        return resolve_shipped(str(source)) / "model.safetensors"
     path = user_path(source)
     if path.is_dir():
         candidate = path / "checkpoints" / "last.pt"
@@ -47,7 +52,7 @@ def backbone_weights(source: str | Path) -> dict[str, torch.Tensor]:
     path = resolve_weights_file(source)
     state = read_checkpoint(path)  # torch (weights_only) or Flax msgpack; --format honoured
     if isinstance(state, dict) and state.get("format") == FORMAT:
-        if user_path(source).is_dir():
+        if not is_shipped(source) and user_path(source).is_dir():
             run_backbone_config(user_path(source), state, path)
         return training_backbone_weights(state, "teacher")
     return convert(state, path).weights  # CheckpointError naming the file and the format

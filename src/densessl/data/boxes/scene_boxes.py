@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -67,7 +68,8 @@ class SyntheticSceneBoxes(_SceneBoxes):
     """Scenes rendered on the fly with their objects' boxes.
 
     Args:
-        split / num_images / size / seed / val_fraction / class_set: as
+        split / num_images / size / seed / val_fraction / class_set / colours / objects /
+        radius: as
             :class:`~densessl.data.scenes.dataset.SyntheticScenes`.
         min_area: smallest object region kept, in pixels.
     """
@@ -80,11 +82,13 @@ class SyntheticSceneBoxes(_SceneBoxes):
         seed: int = 0,
         val_fraction: float = 0.5,
         class_set: str | None = None,
+        colours: str | None = None,
+        objects: Sequence[int] | None = None,
+        radius: Sequence[float] | None = None,
         min_area: int = 16,
     ) -> None:
-        scenes = SyntheticScenes(
-            num_images, size, seed, split, val_fraction=val_fraction, class_set=class_set
-        )
+        scene = {"class_set": class_set, "colours": colours, "objects": objects, "radius": radius}
+        scenes = SyntheticScenes(num_images, size, seed, split, val_fraction=val_fraction, **scene)
         s = scenes.config.num_stuff_classes
         super().__init__(scenes, list(range(s, scenes.num_classes)), min_area)
 

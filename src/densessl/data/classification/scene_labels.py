@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -55,7 +56,8 @@ class SyntheticSceneClasses(_DominantClass):
     """Scenes rendered on the fly, labelled by their dominant object class.
 
     Args:
-        split / num_images / size / seed / val_fraction / class_set: as
+        split / num_images / size / seed / val_fraction / class_set / colours / objects /
+        radius: as
             :class:`~densessl.data.scenes.dataset.SyntheticScenes` (train and val hold
             disjoint scenes).
     """
@@ -68,10 +70,12 @@ class SyntheticSceneClasses(_DominantClass):
         seed: int = 0,
         val_fraction: float = 0.2,
         class_set: str | None = None,
+        colours: str | None = None,
+        objects: Sequence[int] | None = None,
+        radius: Sequence[float] | None = None,
     ) -> None:
-        scenes = SyntheticScenes(
-            num_images, size, seed, split, val_fraction=val_fraction, class_set=class_set
-        )
+        scene = {"class_set": class_set, "colours": colours, "objects": objects, "radius": radius}
+        scenes = SyntheticScenes(num_images, size, seed, split, val_fraction=val_fraction, **scene)
         s = scenes.config.num_stuff_classes
         super().__init__(scenes, list(range(s, scenes.num_classes)), list(scenes.class_names))
 

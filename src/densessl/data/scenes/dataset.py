@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -96,13 +96,33 @@ def split_indices(num_images: int, split: str, val_fraction: float = 0.2) -> ran
     raise ValueError(f"split must be 'train', 'val' or 'all', got {split!r}")
 
 
-def _with_size(
-    config: SceneConfig | None, size: int | None, class_set: str | None = None
+def _with_options(
+    config: SceneConfig | None,
+    size: int | None,
+    class_set: str | None = None,
+    colours: str | None = None,
+    objects: Sequence[int] | None = None,
+    radius: Sequence[float] | None = None,
 ) -> SceneConfig:
     config = config or SceneConfig()
-    if class_set is not None and class_set != config.class_set:
-        config = replace(config, class_set=class_set)
-    return config if size is None or size == config.size else replace(config, size=size)
+    changes: dict[str, Any] = {}
+    if class_set is not None:
+        changes["class_set"] = class_set
+    if colours is not None:
+        changes["colours"] = colours
+    if objects is not None:
+        changes["min_objects"], changes["max_objects"] = _pair("objects", objects)
+    if radius is not None:
+        changes["min_radius"], changes["max_radius"] = _pair("radius", radius)
+    if size is not None:
+        changes["size"] = size
+    return replace(config, **changes) if changes else config
+
+
+def _pair(name: str, value: Sequence[Any]) -> tuple[Any, Any]:
+    if isinstance(value, (str, bytes)) or len(value) != 2:
+        raise ValueError(f"{name} must be two numbers (smallest, largest), got {brief(value)}")
+    return value[0], value[1]
 
 
 class SyntheticScenes(Dataset):
@@ -121,6 +141,10 @@ class SyntheticScenes(Dataset):
         val_fraction: share of ``num_images`` held out as val, in [0, 1).
         class_set: overrides ``config.class_set`` when given (``"shared-cues"`` or
             ``"distinct-cues"``, see :class:`SceneConfig`).
+        colours: overrides ``config.colours`` (``"instance"``, ``"palette"`` or ``"gray"``).
+        objects / radius: override ``config``'s (fewest, most) objects per scene and
+            (smallest, largest) object radius, as a run's ``data.scenes_objects`` /
+            ``data.scenes_radius``.
     """
 
     ignore_index: int = IGNORE_INDEX
@@ -134,10 +158,13 @@ class SyntheticScenes(Dataset):
         config: SceneConfig | None = None,
         val_fraction: float = 0.2,
         class_set: str | None = None,
+        colours: str | None = None,
+        objects: Sequence[int] | None = None,
+        radius: Sequence[float] | None = None,
     ) -> None:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}")
-        self.config = _with_size(config, size, class_set)
+        self.config = _with_options(config, size, class_set, colours, objects, radius)
         self.seed = seed
         self.split = split
         self.indices = split_indices(num_images, split, val_fraction)
@@ -173,6 +200,7 @@ def _classes_json(config: SceneConfig) -> dict[str, Any]:
         "classes": classes,
         "num_classes": len(names),
         "class_set": config.class_set,
+        "colours": config.colours,
         "ignore_index": IGNORE_INDEX,
         "stuff": list(range(s)),
         "things": list(range(s, len(names))),
@@ -186,12 +214,14 @@ def check_scene_options(
     seed: int,
     class_set: str = "shared-cues",
     names: Mapping[str, str] | None = None,
+    colours: str = "instance",
 ) -> SceneConfig:
     """The :class:`SceneConfig` of :func:`write_scenes`' arguments, checked before anything
     is written; a bad one raises :class:`~densessl.errors.ConfigError` naming it by
     ``names`` (the CLI's options, ``{"size": "--size", ...}``) or by its parameter name."""
     checks: dict[str, Callable[[], object]] = {
         "class_set": lambda: SceneConfig(class_set=class_set),
+        "colours": lambda: SceneConfig(colours=colours),
         "size": lambda: SceneConfig(size=size),
         "num_images": lambda: split_indices(num_images, "train"),
         "seed": lambda: _check_seed(seed),
@@ -201,7 +231,7 @@ def check_scene_options(
             check()
         except (TypeError, ValueError) as err:
             raise ConfigError(f"{(names or {}).get(name, name)}: {err}") from None
-    return SceneConfig(size=size, class_set=class_set)
+    return SceneConfig(size=size, class_set=class_set, colours=colours)
 
 
 def _check_seed(seed: object) -> None:
@@ -241,7 +271,7 @@ def write_scenes(
                 "folder; "
                 "give an empty or new folder"
             )
-    config = _with_size(config, size)
+    config = _with_options(config, size)
     train = split_indices(num_images, "train", val_fraction)
     val = split_indices(num_images, "val", val_fraction)
     if seed < 0:

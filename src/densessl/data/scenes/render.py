@@ -65,6 +65,21 @@ STUFF_CLASSES: tuple[str, ...] = tuple(STUFF_TEXTURES)
 
 _AMBIGUOUS_PX = 0.5  # |signed distance| below this (pixels) -> label 255
 
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (220, 40, 40),
+    (40, 170, 70),
+    (240, 210, 40),
+    (30, 100, 210),
+    (240, 130, 30),
+    (140, 40, 170),
+    (35, 35, 35),
+    (225, 225, 225),
+)
+"""The eight colours of ``SceneConfig(colours="palette")``, shared by every class."""
+
+COLOUR_MODES: tuple[str, ...] = ("instance", "palette", "gray")
+"""How the two colours of a region are drawn: see :class:`SceneConfig`."""
+
 
 @dataclass(frozen=True)
 class SceneConfig:
@@ -88,6 +103,11 @@ class SceneConfig:
         class_set: which thing classes (a key of ``CLASS_SETS``): ``"shared-cues"`` (the
             default, up to 12 classes that share shapes and textures) or ``"distinct-cues"``
             (up to 6 classes, each with its own shape and texture).
+        colours: how the two colours of every stuff region and object are drawn, always
+            independently of its class: ``"instance"`` (the default: any two RGB colours at
+            least 110 apart, so colour names an instance), ``"palette"`` (two colours of the
+            eight in ``PALETTE``, at least 110 apart: the same few recur in every scene) or
+            ``"gray"`` (two gray levels at least 64 apart: no hue at all).
     """
 
     size: int = 96
@@ -101,6 +121,7 @@ class SceneConfig:
     min_radius: float = 0.12
     max_radius: float = 0.28
     class_set: str = "shared-cues"
+    colours: str = "instance"
 
     def __post_init__(self) -> None:
         if not isinstance(self.class_set, str) or self.class_set not in CLASS_SETS:
@@ -108,8 +129,13 @@ class SceneConfig:
                 f"SceneConfig.class_set must be one of {sorted(CLASS_SETS)}, "
                 f"got {brief(self.class_set)}"
             )
+        if not isinstance(self.colours, str) or self.colours not in COLOUR_MODES:
+            raise ValueError(
+                f"SceneConfig.colours must be one of {list(COLOUR_MODES)}, "
+                f"got {brief(self.colours)}"
+            )
         for f in fields(self):
-            if f.name == "class_set":
+            if f.name in ("class_set", "colours"):
                 continue
             value = getattr(self, f.name)
             is_int = f.type in ("int", int)
@@ -155,13 +181,32 @@ def class_names(config: SceneConfig | None = None) -> list[str]:
     return stuff + things
 
 
-def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Two random RGB colours at least 110 apart (so the texture is always visible)."""
+def _colours(
+    rng: np.random.Generator, mode: str, recolour: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The two colours of one region or object, far enough apart that its texture shows,
+    drawn as ``SceneConfig.colours`` says. The any-RGB pair is always drawn from ``rng``, so
+    the layout (drawn from ``rng`` too) is the same in every mode; the palette and gray
+    pairs come from their own stream ``recolour``."""
     c0 = rng.uniform(0.0, 255.0, 3)
     while True:
         c1 = rng.uniform(0.0, 255.0, 3)
         if np.linalg.norm(c1 - c0) >= 110.0:
-            return c0.astype(np.float32), c1.astype(np.float32)
+            break
+    if mode == "palette":
+        while True:
+            p0, p1 = (
+                np.asarray(PALETTE[k], np.float32) for k in recolour.integers(len(PALETTE), size=2)
+            )
+            if np.linalg.norm(p1 - p0) >= 110.0:
+                return p0, p1
+    if mode == "gray":
+        g0 = recolour.uniform(0.0, 255.0)
+        while True:
+            g1 = recolour.uniform(0.0, 255.0)
+            if abs(g1 - g0) >= 64.0:
+                return np.full(3, g0, np.float32), np.full(3, g1, np.float32)
+    return c0.astype(np.float32), c1.astype(np.float32)
 
 
 class _Canvas:
@@ -230,6 +275,7 @@ def render_scene(
         raise ValueError(f"index and seed must be >= 0, got index={index}, seed={seed}")
     rng = np.random.default_rng([seed, index, 0])
     pix = np.random.default_rng([seed, index, 1])
+    recolour = np.random.default_rng([seed, index, 2])
     size = config.size
     canvas = _Canvas(size)
     coords = (np.arange(size, dtype=np.float32) + np.float32(0.5)).reshape(1, size)
@@ -242,7 +288,7 @@ def render_scene(
     stuff = rng.choice(config.num_stuff_classes, size=regions, replace=False)
     for k, cls in enumerate(stuff):
         sample, render = STUFF_TEXTURES[STUFF_CLASSES[cls]]
-        c0, c1 = _colours(rng)
+        c0, c1 = _colours(rng, config.colours, recolour)
         t = render(u, v, sample(rng), px, pix)
         colour = c0 + t[..., None] * (c1 - c0)
         if k == 0:
@@ -261,7 +307,7 @@ def render_scene(
         angle = rng.uniform(0.0, 2.0 * np.pi)
         sample, render = THING_TEXTURES[texture]
         params = sample(rng)
-        c0, c1 = _colours(rng)
+        c0, c1 = _colours(rng, config.colours, recolour)
         r_px, cx_px, cy_px = radius * size, cx * size, cy * size
         reach = r_px + 1.5
         x0, x1 = max(0, int(cx_px - reach)), min(size, int(np.ceil(cx_px + reach)))
@@ -284,8 +330,9 @@ def render_scene(
     if sigma > 0.1:
         image = gaussian_filter(image, sigma=(sigma, sigma, 0.0), mode="nearest", truncate=3.0)
     std = rng.uniform(0.0, config.noise)
-    if std > 0.0:
-        image = image + pix.standard_normal(image.shape, dtype=np.float32) * np.float32(std)
+    if std > 0.0:  # gray scenes get gray noise: no hue anywhere
+        shape = (size, size, 1) if config.colours == "gray" else image.shape
+        image = image + pix.standard_normal(shape, dtype=np.float32) * np.float32(std)
     image = np.clip(image + np.float32(0.5), 0.0, 255.0).astype(np.uint8)
     label = np.where(canvas.ambiguous, np.uint8(IGNORE_INDEX), canvas.label)
     return image, label
