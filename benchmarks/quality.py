@@ -74,6 +74,12 @@ class Budget:
     pretrain_scenes: int = 2000
     scenes_size: int = 96
     scenes_class_set: str = "distinct-cues"
+    #: How the scenes are drawn beyond the class set (``SceneConfig``): colour mode, (fewest,
+    #: most) objects, (smallest, largest) radius; ``--from-base densessl:NAME`` and
+    #: ``--scenes-like NAME`` take a shipped base's own.
+    scenes_colours: str = "instance"
+    scenes_objects: tuple[int, int] = (1, 5)
+    scenes_radius: tuple[float, float] = (0.12, 0.28)
     eval_scenes: int = 1000
     eval_seed: int = 1000
     seeds: tuple[int, ...] = (0, 1, 2)
@@ -94,6 +100,15 @@ class Budget:
     #: scores them without further training. None: the from-scratch table.
     init: str | None = None
 
+    def scene_options(self) -> dict[str, Any]:
+        """The scene world as ``SyntheticScenes`` options (training and evaluation alike)."""
+        return {
+            "class_set": self.scenes_class_set,
+            "colours": self.scenes_colours,
+            "objects": list(self.scenes_objects),
+            "radius": list(self.scenes_radius),
+        }
+
     def shared_overrides(self, seed: int) -> list[str]:
         return [
             f"optim.steps={self.steps}",
@@ -102,6 +117,9 @@ class Budget:
             f"data.scenes_num_images={self.pretrain_scenes}",
             f"data.scenes_size={self.scenes_size}",
             f"data.scenes_class_set={self.scenes_class_set}",
+            f"data.scenes_colours={self.scenes_colours}",
+            f"data.scenes_objects=[{self.scenes_objects[0]},{self.scenes_objects[1]}]",
+            f"data.scenes_radius=[{self.scenes_radius[0]},{self.scenes_radius[1]}]",
             "data.scenes_seed=0",
             f"data.num_workers={self.num_workers}",
             "backbone.arch=vit_tiny",
@@ -210,6 +228,23 @@ def code_version(row: str) -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def like_shipped(budget: Budget, name: str) -> Budget:
+    """``budget`` on the scenes the shipped base ``densessl:name`` was trained on."""
+    from densessl.models.shipped import SHIPPED
+
+    if name not in SHIPPED:
+        raise SystemExit(f"quality: unknown shipped base {name!r}; choose from {sorted(SHIPPED)}")
+    world = SHIPPED[name].scenes
+    return dataclasses.replace(
+        budget,
+        scenes_class_set=world.get("class_set", budget.scenes_class_set),
+        scenes_colours=world.get("colours", budget.scenes_colours),
+        scenes_objects=tuple(world.get("objects", budget.scenes_objects)),
+        scenes_radius=tuple(world.get("radius", budget.scenes_radius)),
+        scenes_size=world.get("size", budget.scenes_size),
+    )
 
 
 def registered_rows(post_training: bool = False) -> list[str]:
@@ -331,6 +366,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-minutes", type=float, default=None, help="start no cell after")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report")
     parser.add_argument(
+        "--scenes-like",
+        default=None,
+        metavar="NAME",
+        help="draw the scenes of the shipped base densessl:NAME (its class set, colours, "
+        "objects and radius; default --out: results/scenes-NAME)",
+    )
+    parser.add_argument(
         "--from-base",
         default=None,
         metavar="WEIGHTS",
@@ -340,8 +382,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     budget = QUICK if args.quick else FULL
+    if args.scenes_like is not None:
+        budget = like_shipped(budget, args.scenes_like)
+        if args.out == HERE / "results":
+            args.out = HERE / "results" / f"scenes-{args.scenes_like}"
     if args.from_base is not None:
-        budget = dataclasses.replace(budget, init=str(Path(args.from_base).resolve()))
+        shipped = args.from_base.startswith("densessl:")
+        init = args.from_base if shipped else str(Path(args.from_base).resolve())
+        budget = dataclasses.replace(budget, init=init)
+        if shipped:  # a shipped base is post-trained and scored on its own scenes
+            budget = like_shipped(budget, args.from_base.partition(":")[2])
         if args.out == HERE / "results":
             args.out = HERE / "results" / "posttrain"
     run_seeds = tuple(args.seeds) if args.seeds else budget.seeds

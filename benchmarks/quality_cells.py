@@ -60,7 +60,7 @@ def eval_datasets(budget: Any) -> dict[str, Any]:
         "num_images": budget.eval_scenes,
         "size": budget.scenes_size,
         "seed": budget.eval_seed,
-        "class_set": budget.scenes_class_set,
+        **budget.scene_options(),
     }
     return {
         "train": SyntheticScenes(split="train", **common),
@@ -77,6 +77,7 @@ def _method_config(row: str, seed: int, budget: Any) -> Any:
 
 def _eval_spec(budget: Any) -> dict[str, Any]:
     keys = ("eval_scenes", "eval_seed", "scenes_size", "scenes_class_set")
+    keys += ("scenes_colours", "scenes_objects", "scenes_radius")
     keys += ("linear", "cluster", "retrieval", "image_level", "finetune")
     return {k: getattr(budget, k) for k in keys}
 
@@ -199,7 +200,7 @@ def _train_scenes(budget: Any) -> Any:
         size=budget.scenes_size,
         seed=0,
         split="train",
-        class_set=budget.scenes_class_set,
+        **budget.scene_options(),
     )
 
 

@@ -23,15 +23,25 @@ import copy
 import tempfile
 from typing import Any
 
-#: Scene-level kinds take the segmentation columns' world; the others their own generators.
+#: Scene-level kinds take the segmentation columns' scenes; the others their own generators
+#: (with the scenes' colour mode, and for keypoint pairs their class set).
 SCENE_LEVEL_KINDS = ("classification", "boxes")
 
 
 def _dataset_options(kind: str, data: dict[str, Any], budget: Any) -> dict[str, Any]:
+    """The column's dataset options: scene-level kinds draw the segmentation columns' scenes;
+    videos take their colour mode, keypoint pairs their class set and colour mode."""
     options = {"seed": budget.eval_seed, "size": budget.scenes_size, **data}
+    world = budget.scene_options()
     if kind in SCENE_LEVEL_KINDS:
         options.setdefault("num_images", budget.eval_scenes)
-        options.setdefault("class_set", budget.scenes_class_set)
+        for key, value in world.items():
+            options.setdefault(key, value)
+    elif kind == "video":
+        options.setdefault("colours", world["colours"])
+    elif kind == "keypoint_pairs":
+        options.setdefault("class_set", world["class_set"])
+        options.setdefault("colours", world["colours"])
     return options
 
 
@@ -73,7 +83,7 @@ def evaluate_finetuned(extractor: Any, budget: Any) -> tuple[float, dict[str, An
         "data.num_images": budget.eval_scenes,
         "data.seed": budget.eval_seed,
         "data.size": budget.scenes_size,
-        "data.class_set": budget.scenes_class_set,
+        **{f"data.{key}": value for key, value in budget.scene_options().items()},
     }
     with tempfile.TemporaryDirectory(prefix="quality-finetune-") as out:
         record = finetune(

@@ -268,7 +268,10 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
         [
             f"- Pretraining: {budget.steps} optimizer steps of batch {budget.batch_size} on "
             f"{budget.pretrain_scenes} generated scenes ({budget.scenes_size} px, scene seed 0, "
-            f"train split, class set `{budget.scenes_class_set}`); each method's `tiny` preset "
+            f"train split, class set `{budget.scenes_class_set}`, colours "
+            f"`{budget.scenes_colours}`, {budget.scenes_objects[0]}-{budget.scenes_objects[1]} "
+            f"objects of radius {budget.scenes_radius[0]}-{budget.scenes_radius[1]}); each "
+            "method's `tiny` preset "
             "(its crops, heads, optimiser recipe) with "
             f"the shared ViT (vit_tiny, 128-d, {budget.depth} blocks, 4 heads, patch 8); seeds "
             f"{', '.join(map(str, budget.seeds))} (init, data order, augmentation).",

@@ -148,6 +148,31 @@ def test_code_version_follows_imports(tmp_path, monkeypatch):
     assert quality.code_version("dino") != quality.code_version("leopart")
 
 
+def test_a_shipped_base_brings_its_scenes_to_every_column(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import quality
+    import quality_cells
+    import quality_columns
+
+    gray = quality.like_shipped(quality.QUICK, "miniature-base")
+    assert (gray.scenes_colours, gray.scenes_objects, gray.scenes_radius) == (
+        "gray",
+        (1, 3),
+        (0.2, 0.4),
+    )
+    overrides = gray.shared_overrides(0)
+    assert "data.scenes_colours=gray" in overrides and "data.scenes_objects=[1,3]" in overrides
+    config = quality_cells.eval_datasets(gray)["val"].config
+    assert (config.colours, config.min_objects, config.max_radius) == ("gray", 1, 0.4)
+    options = quality_columns._dataset_options
+    assert options("boxes", {}, gray)["radius"] == [0.2, 0.4]
+    assert options("video", {}, gray)["colours"] == "gray"
+    assert options("keypoint_pairs", {}, gray)["class_set"] == "distinct-cues"
+    assert quality_cells._eval_spec(gray) != quality_cells._eval_spec(quality.QUICK)
+    with pytest.raises(SystemExit, match="unknown shipped base"):
+        quality.like_shipped(quality.QUICK, "nope")
+
+
 def _diagnose(monkeypatch):
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import quality_diagnose

@@ -25,6 +25,16 @@ def test_synthetic_pairs_refuse_a_root_and_are_reproducible():
     assert a["source"].shape == (3, 96, 96) and a["source_kps"].shape[1] == 2
 
 
+def test_synthetic_pairs_take_the_class_set_and_colours():
+    pairs = SyntheticPairs(num_pairs=3, class_set="distinct-cues", colours="gray")
+    assert pairs.config.class_set == "distinct-cues" and len(pairs.names) == 9
+    item = pairs[0]
+    assert item["category"] in pairs.names
+    assert torch.equal(item["source"][0], item["source"][2])  # gray: r = g = b
+    default = SyntheticPairs(num_pairs=3)[0]
+    assert default["category"] in SyntheticPairs(num_pairs=1).names
+
+
 def test_synthetic_correspondences_are_exact():
     pairs = SyntheticPairs(num_pairs=4, size=96)
     for i in range(len(pairs)):

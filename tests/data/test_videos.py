@@ -50,6 +50,20 @@ def test_synthetic_videos_move_occlude_and_are_reproducible():
     assert not torch.equal(a["masks"][0], a["masks"][-1])  # objects move
 
 
+def test_gray_and_palette_videos_keep_the_motion():
+    default = SyntheticVideos(num_videos=2, num_frames=4, size=64)[0]
+    gray = SyntheticVideos(num_videos=2, num_frames=4, size=64, colours="gray")[0]
+    palette = SyntheticVideos(num_videos=2, num_frames=4, size=64, colours="palette")[0]
+    assert torch.equal(default["masks"], gray["masks"]) and torch.equal(
+        gray["masks"], palette["masks"]
+    )
+    frames = gray["frames"]
+    assert torch.equal(frames[:, 0], frames[:, 1]) and torch.equal(frames[:, 1], frames[:, 2])
+    assert not torch.equal(palette["frames"][:, 0], palette["frames"][:, 1])
+    with pytest.raises(ValueError, match="colours"):
+        SyntheticVideos(colours="sepia")
+
+
 def test_objects_get_occluded_in_the_default_videos():
     videos = SyntheticVideos()  # 6 videos x 8 frames, 3 objects, 96 px
     shrink = []

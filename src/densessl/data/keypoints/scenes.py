@@ -58,6 +58,9 @@ class SyntheticPairs(Dataset):
         size: side of each view in pixels.
         num_keypoints: keypoints per pair (fewer when the object is smaller).
         seed: scene seed.
+        class_set / colours: the scenes' thing classes and colour mode, as
+            :class:`~densessl.data.scenes.render.SceneConfig`'s (the category names follow
+            the class set).
     """
 
     def __init__(
@@ -67,6 +70,8 @@ class SyntheticPairs(Dataset):
         size: int = 96,
         num_keypoints: int = 8,
         seed: int = 0,
+        class_set: str = "shared-cues",
+        colours: str = "instance",
     ) -> None:
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be 'train', 'val' or 'test', got {split!r}")
@@ -83,7 +88,8 @@ class SyntheticPairs(Dataset):
         self.num_pairs, self.size, self.num_keypoints = num_pairs, size, num_keypoints
         self.image_size = size
         self.seed = seed + (0 if split == "train" else 1)
-        self.config = SceneConfig(size=round(size * 1.5), min_objects=2, max_objects=4)
+        scene = {"class_set": class_set, "colours": colours}
+        self.config = SceneConfig(size=round(size * 1.5), min_objects=2, max_objects=4, **scene)
         self.names = class_names(self.config)
 
     def __len__(self) -> int:

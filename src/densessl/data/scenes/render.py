@@ -181,7 +181,7 @@ def class_names(config: SceneConfig | None = None) -> list[str]:
     return stuff + things
 
 
-def _colours(
+def region_colours(
     rng: np.random.Generator, mode: str, recolour: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """The two colours of one region or object, far enough apart that its texture shows,
@@ -288,7 +288,7 @@ def render_scene(
     stuff = rng.choice(config.num_stuff_classes, size=regions, replace=False)
     for k, cls in enumerate(stuff):
         sample, render = STUFF_TEXTURES[STUFF_CLASSES[cls]]
-        c0, c1 = _colours(rng, config.colours, recolour)
+        c0, c1 = region_colours(rng, config.colours, recolour)
         t = render(u, v, sample(rng), px, pix)
         colour = c0 + t[..., None] * (c1 - c0)
         if k == 0:
@@ -307,7 +307,7 @@ def render_scene(
         angle = rng.uniform(0.0, 2.0 * np.pi)
         sample, render = THING_TEXTURES[texture]
         params = sample(rng)
-        c0, c1 = _colours(rng, config.colours, recolour)
+        c0, c1 = region_colours(rng, config.colours, recolour)
         r_px, cx_px, cy_px = radius * size, cx * size, cy * size
         reach = r_px + 1.5
         x0, x1 = max(0, int(cx_px - reach)), min(size, int(np.ceil(cx_px + reach)))

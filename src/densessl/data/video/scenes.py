@@ -2,12 +2,13 @@
 
 A video is a still background of stuff regions (a scene of
 :func:`densessl.data.scenes.render.render_scene` with no objects) and 2-3 textured thing
-objects (the scenes' shapes and textures, random colours) that translate and rotate at
-constant speeds, bouncing off the borders, in a fixed depth order: object ``k`` is painted
-over objects ``< k``, so their paths cross and they occlude one another. Masks are the
-objects' exact geometric coverage (a pixel belongs to the front-most object whose outline
-contains its centre), in DAVIS terms: 0 background, ``1..K`` objects. The texture moves
-with its object (it is drawn in object coordinates); each frame gets its own pixel noise.
+objects (the scenes' shapes and textures, colours drawn as the scenes' ``colours`` mode)
+that translate and rotate at constant speeds, bouncing off the borders, in a fixed depth
+order: object ``k`` is painted over objects ``< k``, so their paths cross and they occlude
+one another. Masks are the objects' exact geometric coverage (a pixel belongs to the
+front-most object whose outline contains its centre), in DAVIS terms: 0 background,
+``1..K`` objects. The texture moves with its object (it is drawn in object coordinates);
+each frame gets its own pixel noise.
 
 Video ``i`` of seed ``s`` is a pure function of ``(s, i, arguments)``
 (``numpy.random.default_rng([s, i, 7])``). Items are :class:`~densessl.data.video.davis.
@@ -23,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from densessl.data.scenes.render import SceneConfig, render_scene
+from densessl.data.scenes.render import SceneConfig, region_colours, render_scene
 from densessl.data.scenes.shapes import SHAPES
 from densessl.data.scenes.textures import THING_TEXTURES
 from densessl.errors import DataError
@@ -34,15 +35,9 @@ _SHAPES = ("disc", "square", "triangle", "hexagon", "cross", "star")
 _TEXTURES = ("stripes", "checker", "dots", "grid", "zigzag", "concentric")
 
 
-def _colours(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    c0 = rng.uniform(0.0, 255.0, 3)
-    while True:
-        c1 = rng.uniform(0.0, 255.0, 3)
-        if np.linalg.norm(c1 - c0) >= 110.0:
-            return c0.astype(np.float32), c1.astype(np.float32)
-
-
-def _objects(rng: np.random.Generator, count: int, size: int, frames: int) -> list[dict]:
+def _objects(
+    rng: np.random.Generator, count: int, size: int, colours: str, recolour: np.random.Generator
+) -> list[dict]:
     objects = []
     for _ in range(count):
         radius = rng.uniform(0.14, 0.22) * size
@@ -57,7 +52,7 @@ def _objects(rng: np.random.Generator, count: int, size: int, frames: int) -> li
                 "velocity": speed * np.array([np.cos(angle), np.sin(angle)]),
                 "angle": rng.uniform(0, 2 * np.pi),
                 "spin": rng.uniform(-0.08, 0.08),  # rad per frame
-                "colours": _colours(rng),
+                "colours": region_colours(rng, colours, recolour),
                 "params": None,
             }
         )
@@ -76,18 +71,27 @@ def _position(obj: dict, t: int, size: int) -> np.ndarray:
 
 
 def render_video(
-    index: int, seed: int, num_frames: int = 8, size: int = 96, num_objects: int = 3
+    index: int,
+    seed: int,
+    num_frames: int = 8,
+    size: int = 96,
+    num_objects: int = 3,
+    colours: str = "instance",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw video ``index`` of ``seed``.
+    """Draw video ``index`` of ``seed``; ``colours`` as ``SceneConfig.colours`` (background
+    and objects; the layout and motion are the same in every mode).
 
     Returns:
         frames: uint8 ``[T, H, W, 3]``; masks: uint8 ``[T, H, W]`` object ids (0 = background).
     """
     rng = np.random.default_rng([seed, index, 7])
     noise = np.random.default_rng([seed, index, 8])
-    config = SceneConfig(size=size, min_objects=0, max_objects=0, noise=0.0, blur=0.0)
+    recolour = np.random.default_rng([seed, index, 9])
+    config = SceneConfig(
+        size=size, min_objects=0, max_objects=0, noise=0.0, blur=0.0, colours=colours
+    )
     background, _ = render_scene(index, seed, config)
-    objects = _objects(rng, num_objects, size, num_frames)
+    objects = _objects(rng, num_objects, size, colours, recolour)
     coords = np.arange(size, dtype=np.float32) + np.float32(0.5)
     x, y = coords.reshape(1, size), coords.reshape(size, 1)
     frames, masks = [], []
@@ -109,7 +113,8 @@ def render_video(
             cover = np.clip(np.float32(0.5) - sd, 0.0, 1.0)[..., None]
             image += cover * (colour - image)
             mask[sd < 0] = k
-        image += noise.standard_normal(image.shape, dtype=np.float32) * np.float32(3.0)
+        shape = (size, size, 1) if colours == "gray" else image.shape  # gray noise in gray
+        image += noise.standard_normal(shape, dtype=np.float32) * np.float32(3.0)
         frames.append(np.clip(image + 0.5, 0, 255).astype(np.uint8))
         masks.append(mask)
     return np.stack(frames), np.stack(masks)
@@ -127,6 +132,7 @@ class SyntheticVideos(Dataset):
         size: frame side in pixels (square frames).
         num_objects: moving objects per video.
         seed: video seed.
+        colours: ``"instance"``, ``"palette"`` or ``"gray"``, as ``SceneConfig.colours``.
     """
 
     def __init__(
@@ -137,9 +143,11 @@ class SyntheticVideos(Dataset):
         size: int = 96,
         num_objects: int = 3,
         seed: int = 0,
+        colours: str = "instance",
     ) -> None:
         if split not in ("train", "val"):
             raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+        SceneConfig(colours=colours)  # ValueError naming the modes
         for name, value, low in (
             ("num_videos", num_videos, 1),
             ("num_frames", num_frames, 3),
@@ -155,6 +163,7 @@ class SyntheticVideos(Dataset):
         self.size, self.num_objects = size, num_objects
         self.image_size = size  # the frame side (the scenes preset reads it)
         self.seed = seed + (1 if split == "val" else 0)
+        self.colours = colours
 
     def __len__(self) -> int:
         return self.num_videos
@@ -166,7 +175,9 @@ class SyntheticVideos(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < self.num_videos:
             raise IndexError(index)
-        frames, masks = render_video(index, self.seed, self.num_frames, self.size, self.num_objects)
+        frames, masks = render_video(
+            index, self.seed, self.num_frames, self.size, self.num_objects, self.colours
+        )
         return {
             "name": self.names[index],
             "frames": torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous(),
