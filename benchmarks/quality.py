@@ -236,14 +236,16 @@ def like_shipped(budget: Budget, name: str) -> Budget:
 
     if name not in SHIPPED:
         raise SystemExit(f"quality: unknown shipped base {name!r}; choose from {sorted(SHIPPED)}")
-    world = SHIPPED[name].scenes
+    from densessl.data.scenes.dataset import SyntheticScenes
+
+    scene = SyntheticScenes(num_images=1, **SHIPPED[name].scenes).config  # its options mapped
     return dataclasses.replace(
         budget,
-        scenes_class_set=world.get("class_set", budget.scenes_class_set),
-        scenes_colours=world.get("colours", budget.scenes_colours),
-        scenes_objects=tuple(world.get("objects", budget.scenes_objects)),
-        scenes_radius=tuple(world.get("radius", budget.scenes_radius)),
-        scenes_size=world.get("size", budget.scenes_size),
+        scenes_class_set=scene.class_set,
+        scenes_colours=scene.colours,
+        scenes_objects=(scene.min_objects, scene.max_objects),
+        scenes_radius=(scene.min_radius, scene.max_radius),
+        scenes_size=scene.size,
     )
 
 

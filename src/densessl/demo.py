@@ -21,6 +21,7 @@ from typing import Any
 
 from densessl.data.scenes.dataset import (
     SceneConfig,
+    SyntheticScenes,
     format_statistics,
     scene_statistics,
     write_scenes,
@@ -45,16 +46,8 @@ def _scene_config(init: str | None) -> SceneConfig:
         return SceneConfig()
     name = init[len(PREFIX) :]
     shipped_folder(name)  # an unknown name or damaged weights fail before anything is written
-    world = SHIPPED[name].scenes
-    return SceneConfig(
-        size=world.get("size", 96),
-        class_set=world.get("class_set", "shared-cues"),
-        colours=world.get("colours", "instance"),
-        min_objects=world.get("objects", (1, 5))[0],
-        max_objects=world.get("objects", (1, 5))[1],
-        min_radius=world.get("radius", (0.12, 0.28))[0],
-        max_radius=world.get("radius", (0.12, 0.28))[1],
-    )
+    # The shipped ``scenes`` are SyntheticScenes options: let the dataset map them.
+    return SyntheticScenes(num_images=1, **SHIPPED[name].scenes).config
 
 
 def _evaluate_all(backbones: list[tuple[str, str, str]], scenes: Path, out: Path) -> list[dict]:
