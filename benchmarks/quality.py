@@ -34,15 +34,17 @@ import hashlib
 import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from quality_budget import FULL, QUICK, Budget, choose_budget, like_shipped
 from quality_ceilings import TASK_FILES
 from quality_cells import evaluate_backbone, hardware, train_row
 from quality_report import write_report
+
+__all__ = ["FULL", "QUICK", "Budget", "choose_budget", "like_shipped", "main", "run_cell"]
 
 HERE = Path(__file__).resolve().parent
 REFERENCE_ROWS = (
@@ -54,108 +56,6 @@ REFERENCE_ROWS = (
     "supervised-match",
 )
 METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
-
-
-#: The image-level and video columns at full size: their synthetic counterparts' defaults.
-IMAGE_LEVEL: dict[str, dict[str, Any]] = {
-    "knn": {},
-    "discovery": {},
-    "video": {"data": {"num_videos": 6, "num_frames": 8}},
-    "correspondence": {"data": {"num_pairs": 24}},
-}
-
-
-@dataclass(frozen=True)
-class Budget:
-    """What every row shares. ``pretrain_overrides`` apply to every method's tiny preset."""
-
-    steps: int = 4000
-    batch_size: int = 16
-    pretrain_scenes: int = 2000
-    scenes_size: int = 96
-    scenes_class_set: str = "distinct-cues"
-    #: How the scenes are drawn beyond the class set (``SceneConfig``): colour mode, (fewest,
-    #: most) objects, (smallest, largest) radius; ``--from-base densessl:NAME`` and
-    #: ``--scenes-like NAME`` take a shipped base's own.
-    scenes_colours: str = "instance"
-    scenes_objects: tuple[int, int] = (1, 5)
-    scenes_radius: tuple[float, float] = (0.12, 0.28)
-    eval_scenes: int = 1000
-    eval_seed: int = 1000
-    seeds: tuple[int, ...] = (0, 1, 2)
-    num_workers: int = 1
-    checkpoint_every: int = 100
-    depth: int = 4
-    supervised_lr: float = 1e-3
-    linear: dict[str, Any] = field(default_factory=dict)
-    cluster: dict[str, Any] = field(default_factory=dict)
-    retrieval: dict[str, Any] = field(default_factory=dict)
-    #: protocol → {"data": dataset options, "settings": overrides} (``quality_columns.py``)
-    image_level: dict[str, dict[str, Any]] = field(default_factory=lambda: dict(IMAGE_LEVEL))
-    #: ``densessl finetune seg`` overrides of the fine-tuned column ({} leaves it out)
-    finetune: dict[str, Any] = field(default_factory=lambda: {"iterations": 300})
-    pretrain_overrides: tuple[str, ...] = ()
-    #: Post-training (``--from-base``): every method row starts from these backbone weights
-    #: (a densessl run, checkpoint or export; ``densessl pretrain --init``) and a ``base`` row
-    #: scores them without further training. None: the from-scratch table.
-    init: str | None = None
-
-    def scene_options(self) -> dict[str, Any]:
-        """The scene world as ``SyntheticScenes`` options (training and evaluation alike)."""
-        return {
-            "class_set": self.scenes_class_set,
-            "colours": self.scenes_colours,
-            "objects": list(self.scenes_objects),
-            "radius": list(self.scenes_radius),
-        }
-
-    def shared_overrides(self, seed: int) -> list[str]:
-        return [
-            f"optim.steps={self.steps}",
-            f"data.batch_size={self.batch_size}",
-            "data.path=scenes",
-            f"data.scenes_num_images={self.pretrain_scenes}",
-            f"data.scenes_size={self.scenes_size}",
-            f"data.scenes_class_set={self.scenes_class_set}",
-            f"data.scenes_colours={self.scenes_colours}",
-            f"data.scenes_objects=[{self.scenes_objects[0]},{self.scenes_objects[1]}]",
-            f"data.scenes_radius=[{self.scenes_radius[0]},{self.scenes_radius[1]}]",
-            "data.scenes_seed=0",
-            f"data.num_workers={self.num_workers}",
-            "backbone.arch=vit_tiny",
-            "backbone.patch_size=8",
-            "backbone.embed_dim=128",
-            f"backbone.depth={self.depth}",
-            "backbone.num_heads=4",
-            f"train.seed={seed}",
-            f"train.checkpoint_every={self.checkpoint_every}",
-            "train.progress=false",
-            "train.precision=auto",
-            *self.pretrain_overrides,
-        ]
-
-
-FULL = Budget()
-QUICK = Budget(
-    steps=3,
-    batch_size=4,
-    pretrain_scenes=40,
-    eval_scenes=40,
-    seeds=(0,),
-    num_workers=0,
-    checkpoint_every=2,
-    depth=1,
-    linear={"epochs": 2, "lr_step_epoch": 1},
-    cluster={"seeds": [0], "n_init": 1, "iters": 5},
-    retrieval={"memory_size": 2000},
-    image_level={
-        "knn": {},
-        "discovery": {},
-        "video": {"data": {"num_videos": 2, "num_frames": 4, "size": 64}},
-        "correspondence": {"data": {"num_pairs": 4, "size": 64}},
-    },
-    finetune={"iterations": 2, "batch_size": 4},
-)
 
 
 #: Modules (files, or folders under ``src/densessl/``) that cannot change a number of the table.
@@ -228,25 +128,6 @@ def code_version(row: str) -> str:
         digest.update(path.name.encode())
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
-
-
-def like_shipped(budget: Budget, name: str) -> Budget:
-    """``budget`` on the scenes the shipped base ``densessl:name`` was trained on."""
-    from densessl.models.shipped import SHIPPED
-
-    if name not in SHIPPED:
-        raise SystemExit(f"quality: unknown shipped base {name!r}; choose from {sorted(SHIPPED)}")
-    from densessl.data.scenes.dataset import SyntheticScenes
-
-    scene = SyntheticScenes(num_images=1, **SHIPPED[name].scenes).config  # its options mapped
-    return dataclasses.replace(
-        budget,
-        scenes_class_set=scene.class_set,
-        scenes_colours=scene.colours,
-        scenes_objects=(scene.min_objects, scene.max_objects),
-        scenes_radius=(scene.min_radius, scene.max_radius),
-        scenes_size=scene.size,
-    )
 
 
 def registered_rows(post_training: bool = False) -> list[str]:
@@ -383,19 +264,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
 
-    budget = QUICK if args.quick else FULL
-    if args.scenes_like is not None:
-        budget = like_shipped(budget, args.scenes_like)
-        if args.out == HERE / "results":
-            args.out = HERE / "results" / f"scenes-{args.scenes_like}"
-    if args.from_base is not None:
-        shipped = args.from_base.startswith("densessl:")
-        init = args.from_base if shipped else str(Path(args.from_base).resolve())
-        budget = dataclasses.replace(budget, init=init)
-        if shipped:  # a shipped base is post-trained and scored on its own scenes
-            budget = like_shipped(budget, args.from_base.partition(":")[2])
-        if args.out == HERE / "results":
-            args.out = HERE / "results" / "posttrain"
+    budget, folder = choose_budget(args.quick, args.scenes_like, args.from_base)
+    if args.out == HERE / "results":
+        args.out = folder
     run_seeds = tuple(args.seeds) if args.seeds else budget.seeds
     # --seeds picks the cells to run; the report always covers the budget's planned seeds
     budget = dataclasses.replace(budget, seeds=tuple(sorted({*budget.seeds, *run_seeds})))

@@ -15,7 +15,12 @@ for each, embeds the held-out validation scenes with the cell's backbone and mea
   dominant positional one.
 - the linear probe (the table's protocol) on the same position-centred features: does a
   row's linear-probe gain survive when the probe cannot read the grid position?
-- the per-class IoU of the table's K=C Hungarian overclustering (which classes a row loses).
+- the per-class IoU of the table's K=C Hungarian overclustering (which classes a row loses),
+  and its mean over the stuff (background) and over the thing (object) classes;
+- ``fg precision`` / ``fg recall``: Leopart's foreground mask (``loss_mask=fg``: the blurred
+  CLS→patch attention keeping 60 % of its mass, small parts removed) of the held-out scenes
+  against their thing patches; a random mask's precision is the thing share of the patches
+  (``thing share``). Rows whose backbone has no CLS token leave these blank.
 
 Writes ``results/diagnosis.md`` and ``results/diagnosis.json``. It needs each cell's weights
 (``run/checkpoints``, ``supervised.pt``, ``ceiling.pt``), which are git-ignored and stay on
@@ -26,6 +31,7 @@ fresh clone, recompute the cells into another cache first. Usage::
     python benchmarks/quality.py --cache /tmp/cells && \
         python benchmarks/quality_diagnose.py --cache /tmp/cells     # fresh clone
     python benchmarks/quality_diagnose.py --report-only               # rewrite from the JSON
+    python benchmarks/quality_diagnose.py --from-base densessl:miniature-base  # post-training
 """
 
 from __future__ import annotations
@@ -115,7 +121,51 @@ def diagnose_cell(extractor: Any, datasets: dict[str, Any], budget: Any) -> dict
             per_class = entry["per_class_iou_mean"]
             names = val.class_names
             out["per_class_C"] = {n: 100 * v for n, v in zip(names, per_class, strict=True)}
+            stuff = [100 * v for n, v in zip(names, per_class, strict=True) if _is_stuff(n)]
+            things = [100 * v for n, v in zip(names, per_class, strict=True) if not _is_stuff(n)]
+            out["stuff_C"], out["things_C"] = statistics.fmean(stuff), statistics.fmean(things)
+    out.update(foreground_agreement(extractor, val, *sizes))
     return out
+
+
+def _is_stuff(name: str) -> bool:
+    return name.startswith("stuff/")
+
+
+def foreground_agreement(
+    extractor: Any, dataset: Any, image_size: int, mask_size: int
+) -> dict[str, float]:
+    """Leopart's attention foreground of ``dataset`` against its thing patches (see the module
+    docstring); {} when the backbone has no CLS token."""
+    from densessl.evaluation.preprocess import ResizedSegmentation, make_loader
+    from densessl.evaluation.preprocess_labels import view_label_fn
+    from densessl.models.vit import ViTBackbone
+    from densessl.ops.attention_foreground import attention_foreground
+
+    model = getattr(extractor, "model", None)
+    if not isinstance(model, ViTBackbone) or not model.config.cls_token:
+        return {}
+    views = ResizedSegmentation(
+        dataset, image_size, mask_size, label_resize=view_label_fn(image_size, mask_size, "floor")
+    )
+    stuff = torch.tensor([_is_stuff(n) for n in dataset.class_names])
+    hits = kept = things = total = 0
+    with torch.no_grad():
+        for batch in make_loader(views, 50, 0):
+            grid = (batch["image"].shape[-2] // model.patch_size,) * 2
+            fg = attention_foreground(model.last_attention(batch["image"]), grid)
+            classes = patch_classes(batch["label"], grid, len(stuff))
+            valid = classes >= 0  # patches whose pixels are all ignored count nowhere
+            thing = valid & ~stuff[classes.clamp(min=0)]
+            hits += int((fg & thing).sum())
+            kept += int((fg & valid).sum())
+            things += int(thing.sum())
+            total += int(valid.sum())
+    return {
+        "fg_precision": 100 * hits / max(kept, 1),
+        "fg_recall": 100 * hits / max(things, 1),
+        "thing_share": 100 * things / total,
+    }
 
 
 def load_extractor(row: str, seed: int, folder: Path, budget: Any) -> tuple[Any, dict]:
@@ -159,6 +209,14 @@ def write_report(records: list[dict[str, Any]], rows: list[str], out: Path) -> P
         if mine:
             cells = [_mean_std([r[k] for r in mine]) for k in keys]
             lines.append(f"| {row} | {len(mine)} | " + " | ".join(cells) + " |")
+    kinds = ("stuff_C", "things_C", "fg_precision", "fg_recall", "thing_share")
+    kind_head = ["row", "K=C stuff", "K=C things", "fg precision", "fg recall", "thing share"]
+    kind_lines = ["| " + " | ".join(kind_head) + " |", "|" + "---|" * len(kind_head)]
+    for row in rows:
+        mine = [r for r in records if r["row"] == row]
+        if mine:
+            cells = [_mean_std([r[k] for r in mine if k in r]) for k in kinds]
+            kind_lines.append(f"| {row} | " + " | ".join(cells) + " |")
     names = [n for r in records[:1] for n in r["per_class_C"]]
     class_head = ["row"] + [n.split("/")[1] for n in names]
     class_lines = ["| " + " | ".join(class_head) + " |", "|" + "---|" * len(class_head)]
@@ -185,7 +243,15 @@ def write_report(records: list[dict[str, Any]], rows: list[str], out: Path) -> P
         "",
         *class_lines,
         "",
+        "K=C IoU % averaged over the stuff (background) and the thing (object) classes, and "
+        "Leopart's attention foreground (`loss_mask=fg`: blurred CLS attention, 60 % of its "
+        "mass) against the thing patches of the held-out scenes: precision and recall %; a "
+        "random mask's precision is the thing share of the patches. Blank: no CLS token.",
+        "",
+        *kind_lines,
+        "",
     ]
+    out.mkdir(parents=True, exist_ok=True)
     path = out / "diagnosis.md"
     path.write_text("\n".join(text))
     (out / "diagnosis.json").write_text(json.dumps(records, indent=1) + "\n")
@@ -193,7 +259,7 @@ def write_report(records: list[dict[str, Any]], rows: list[str], out: Path) -> P
 
 
 def main(argv: list[str] | None = None) -> int:
-    from quality import FULL, QUICK, planned_cell_folder, registered_rows
+    from quality import choose_budget, planned_cell_folder, registered_rows
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="the cells of quality.py --quick")
@@ -202,13 +268,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", nargs="*", default=None)
     parser.add_argument("--seeds", nargs="*", type=int, default=None)
     parser.add_argument("--report-only", action="store_true", help="rewrite from diagnosis.json")
+    parser.add_argument(
+        "--scenes-like", default=None, metavar="NAME", help="as quality.py --scenes-like"
+    )
+    parser.add_argument(
+        "--from-base", default=None, metavar="WEIGHTS", help="as quality.py --from-base"
+    )
     args = parser.parse_args(argv)
-    rows = args.rows or [r for r in registered_rows() if not r.startswith("onehot")]
+    budget, folder = choose_budget(args.quick, args.scenes_like, args.from_base)
+    if args.out == HERE / "results":
+        args.out = folder
+    every = registered_rows(post_training=budget.init is not None)
+    rows = args.rows or [r for r in every if not r.startswith("onehot")]
     if args.report_only:
         records = json.loads((args.out / "diagnosis.json").read_text())
         print(f"wrote {write_report(records, rows, args.out)}")
         return 0
-    budget = QUICK if args.quick else FULL
     seeds = args.seeds if args.seeds else list(budget.seeds)
     cache = args.cache or (args.out / "cache")
     records = []

@@ -28,13 +28,21 @@ def test_demo_post_trains_the_shipped_base_and_reports_the_gain(tmp_path, capsys
     assert (run / "export" / "model.safetensors").is_file()
     assert json.loads((run / "export" / "meta.json").read_text())["method"] == "leopart"
     assert "assignment entropy" in report and run.name == "leopart-from-base"
+    assert "Demo finished in" in report and "training precision auto" in report
 
 
-def test_demo_from_scratch_and_a_bad_init(tmp_path, capsys):
-    run = run_demo(tmp_path / "demo", steps=1, num_images=40, method="dino", init=None)
-    assert run.name == "dino-tiny" and "gain over the random init" in capsys.readouterr().out
+def test_demo_from_scratch_in_fp32_and_bad_options(tmp_path, capsys):
+    run = run_demo(
+        tmp_path / "demo", steps=1, num_images=40, method="dino", init=None, precision="fp32"
+    )
+    out = capsys.readouterr().out
+    assert run.name == "dino-tiny" and "gain over the random init" in out
+    assert "training precision fp32: fp32" in out
+    assert "precision: fp32" in (run / "config.yaml").read_text()
     rows = json.loads((run / "eval" / "demo_summary.json").read_text())
     assert {r["backbone"] for r in rows} == {"dino tiny", "random init"}
     with pytest.raises(ConfigError, match="densessl:miniature-base"):
         run_demo(tmp_path / "other", init="densessl:nope")
+    with pytest.raises(ConfigError, match="precision must be one of auto, fp32, bf16"):
+        run_demo(tmp_path / "other", precision="fp16")
     assert not (tmp_path / "other").exists()

@@ -96,10 +96,17 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from densessl.demo import run_demo
+    from densessl.demo import PRECISIONS, run_demo
+    from densessl.errors import ConfigError
 
+    if args.precision not in PRECISIONS:
+        raise ConfigError(
+            f"--precision must be one of {', '.join(PRECISIONS)}; got {args.precision!r}"
+        )
     init = None if args.init.lower() == "none" else args.init
-    run_demo(Path(args.out), steps=args.steps, method=args.method, init=init)
+    run_demo(
+        Path(args.out), steps=args.steps, method=args.method, init=init, precision=args.precision
+    )
     return 0
 
 
@@ -376,6 +383,12 @@ def build_parser(
     )
     p.add_argument(
         "--method", default="leopart", help="method whose tiny preset is trained (default leopart)"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="training precision: auto (default; bf16 only where the CPU runs it natively), "
+        "fp32 (as an AVX2-only CPU runs it) or bf16",
     )
     p.set_defaults(func=_cmd_demo)
     return parser

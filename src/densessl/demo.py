@@ -9,7 +9,9 @@ protocols (linear probe, overclustering, dense retrieval), reports the gain over
 draws the base's and the post-trained teacher's feature pictures of the same val scenes side
 by side, exports the teacher to timm format, and writes ``report.md`` in the run directory.
 ``init=None`` (``densessl demo --init none``) pretrains from scratch on the default scenes
-instead, with the preset's own step count.
+instead, with the preset's own step count. ``precision`` is the training's
+``train.precision`` (``auto`` picks bf16 only where the CPU runs it natively; ``fp32`` times
+the demo as an AVX2-only CPU would run it, see ``benchmarks/demo_timing.py``).
 """
 
 from __future__ import annotations
@@ -26,10 +28,14 @@ from densessl.data.scenes.dataset import (
     scene_statistics,
     write_scenes,
 )
+from densessl.errors import ConfigError
 from densessl.methods.base import get_method
 from densessl.train.trainer import pretrain, read_metrics
 
 PROTOCOLS = ("linear", "cluster", "retrieval")
+
+#: ``train.precision`` values the demo's training takes (fp16 is unusable on CPUs).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 #: The base the demo post-trains from (:mod:`densessl.models.shipped`).
 DEFAULT_INIT = "densessl:miniature-base"
@@ -126,15 +132,19 @@ def run_demo(
     num_images: int = 1000,
     method: str = "leopart",
     init: str | None = DEFAULT_INIT,
+    precision: str = "auto",
 ) -> Path:
     """Run the demo into ``out`` and return the training run directory.
 
     ``init``: the backbone to post-train (anything ``densessl pretrain --init`` takes; the
     default is the shipped DINO base, whose scenes the demo draws), or None to pretrain
     from scratch on the default scenes. ``steps``: training steps (default
-    :data:`POST_TRAINING_STEPS` after a base, the preset's own count from scratch)."""
+    :data:`POST_TRAINING_STEPS` after a base, the preset's own count from scratch).
+    ``precision``: ``train.precision`` of the training (auto, fp32, bf16)."""
     start = time.perf_counter()
     get_method(method)  # an unknown name fails before the scenes are written
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
     config = _scene_config(init)
     out = Path(out)
     scenes = out / "scenes"
@@ -151,7 +161,13 @@ def run_demo(
         print(f"[2/4] post-training {method} (tiny preset) from {init} on the train split")
         name, label = f"{method}-from-base", f"{method} post-trained"
     run = pretrain(
-        method=method, data=str(scenes), out=out / name, preset="tiny", steps=steps, init=init
+        method=method,
+        data=str(scenes),
+        out=out / name,
+        preset="tiny",
+        steps=steps,
+        init=init,
+        overrides=[f"train.precision={precision}"],
     )
     records = read_metrics(run)
     print(_training_summary(records))
@@ -173,11 +189,43 @@ def run_demo(
     from densessl.export import export_backbone
 
     export = export_backbone(run, run / "export")
-    report = _write_report(run, method, init, records, table, gains, pictures, export)
+    timing = _timing(time.perf_counter() - start, precision)
+    report = _write_report(run, method, init, records, table, gains, pictures, export, timing)
     print(f"report: {report}")
     print(f"run directory: {run}  (config.yaml, metrics.jsonl, checkpoints/, eval/, pictures/)")
-    print(f"demo finished in {time.perf_counter() - start:.0f} s")
+    print(timing)
     return run
+
+
+def _timing(seconds: float, precision: str) -> str:
+    """``demo finished in N s on <CPU or GPU> (<threads>, training precision ...)``."""
+    import platform
+
+    import torch
+
+    from densessl.train.precision import resolve_device, resolve_precision
+
+    device = resolve_device("auto")
+    dtype, _ = resolve_precision(precision, device)
+    used = "fp32" if dtype is None else str(dtype).removeprefix("torch.")
+    if device.type == "cuda":
+        where = torch.cuda.get_device_name(device)
+    else:
+        cpu = _cpu_model() or platform.processor() or "CPU"
+        where = f"{cpu}, {torch.get_num_threads()} threads"
+    return f"demo finished in {seconds:.0f} s on {where} (training precision {precision}: {used})"
+
+
+def _cpu_model() -> str | None:
+    """The CPU's model name from ``/proc/cpuinfo`` (Linux), else None."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return None
 
 
 def _pictures(
@@ -230,6 +278,7 @@ def _write_report(
     gains: str,
     pictures: dict[str, list[Path]],
     export: Path,
+    timing: str,
 ) -> Path:
     start = f"post-trained from `{init}`" if init is not None else "from scratch"
     against = "the base it started from" if init is not None else "random init"
@@ -254,6 +303,7 @@ def _write_report(
         lines += [f"![{tag} {p.stem}]({p.relative_to(run).as_posix()})" for p in paths]
         lines.append("")
     lines += [f"Exported teacher backbone (timm format): `{export}`", ""]
+    lines += [f"{timing[0].upper()}{timing[1:]}.", ""]
     report = run / "report.md"
     report.write_text("\n".join(lines))
     return report

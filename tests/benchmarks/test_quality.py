@@ -112,8 +112,14 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
         assert r["cluster_C"] == pytest.approx(cell["results"]["cluster_C"])  # same protocol
         assert r["linear"] == cell["results"]["linear"]  # copied from the cell
         assert 0.0 <= r["centred_C"] <= 100.0 and 0.0 <= r["centred_linear"] <= 100.0
+        kinds = [v for n, v in r["per_class_C"].items() if not n.startswith("stuff/")]
+        assert r["things_C"] == pytest.approx(sum(kinds) / len(kinds))
+        cls = r["row"] not in ("selfpatch", "flsl", "loca")  # the CLS-free backbones
+        assert ("fg_precision" in r) == cls
+        if cls:
+            assert 0.0 < r["thing_share"] < 100.0 and 0.0 <= r["fg_recall"] <= 100.0
     markdown = (out / "diagnosis.md").read_text()
-    assert markdown.count("\n| ") == 2 * (len(rows) - 2 + 1)
+    assert markdown.count("\n| ") == 3 * (len(rows) - 2 + 1)
     (out / "diagnosis.md").unlink()
     run_script(DIAGNOSE, "--quick", "--out", str(out), "--report-only")
     assert (out / "diagnosis.md").read_text() == markdown

@@ -99,6 +99,8 @@ def test_unknown_method_is_named_and_nothing_is_written(tmp_path, capsys):
     assert "unknown method 'nope'" in err and "dino" in err
     err = _run(capsys, "demo", "--method", "nope", "--out", str(tmp_path / "demo"))
     assert "unknown method 'nope'" in err
+    err = _run(capsys, "demo", "--precision", "fp16", "--out", str(tmp_path / "demo"))
+    assert "--precision" in err and "fp16" in err
     assert not (tmp_path / "run").exists() and not (tmp_path / "demo").exists()
     with pytest.raises(ConfigError, match="unknown method"):
         get_method("nope")
