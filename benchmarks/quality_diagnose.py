@@ -198,7 +198,12 @@ def _mean_std(values: list[float]) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def write_report(records: list[dict[str, Any]], rows: list[str], out: Path) -> Path:
+def write_report(
+    records: list[dict[str, Any]],
+    rows: list[str],
+    out: Path,
+    command: str = "python benchmarks/quality_diagnose.py",
+) -> Path:
     keys = ("position_eta2", "class_eta2", "linear", "centred_linear")
     keys += ("cluster_C", "centred_C", "cluster_4C", "centred_4C")
     head = ["row", "seeds", "position η²", "class η²", "linear", "linear centred"]
@@ -228,7 +233,7 @@ def write_report(records: list[dict[str, Any]], rows: list[str], out: Path) -> P
     text = [
         "# Quality benchmark diagnosis: position vs content in the patch features",
         "",
-        "Command: `python benchmarks/quality_diagnose.py` (reads the finished cells; trains "
+        f"Command: `{command}` (reads the finished cells; trains "
         "nothing). Held-out validation scenes of the quality benchmark; mean ± std over seeds.",
         "",
         *lines,
@@ -278,11 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     budget, folder = choose_budget(args.quick, args.scenes_like, args.from_base)
     if args.out == HERE / "results":
         args.out = folder
+    command = "python benchmarks/quality_diagnose.py" + (" --quick" if args.quick else "")
+    for flag, value in (("--scenes-like", args.scenes_like), ("--from-base", args.from_base)):
+        command += f" {flag} {value}" if value is not None else ""
     every = registered_rows(post_training=budget.init is not None)
     rows = args.rows or [r for r in every if not r.startswith("onehot")]
     if args.report_only:
         records = json.loads((args.out / "diagnosis.json").read_text())
-        print(f"wrote {write_report(records, rows, args.out)}")
+        print(f"wrote {write_report(records, rows, args.out, command)}")
         return 0
     seeds = args.seeds if args.seeds else list(budget.seeds)
     cache = args.cache or (args.out / "cache")
@@ -308,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print("no finished cells to diagnose", file=sys.stderr)
         return 1
-    print(f"wrote {write_report(records, rows, args.out)}")
+    print(f"wrote {write_report(records, rows, args.out, command)}")
     return 0
 
 
