@@ -96,13 +96,8 @@ def _cmd_scenes(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from densessl.demo import PRECISIONS, run_demo
-    from densessl.errors import ConfigError
+    from densessl.demo import run_demo
 
-    if args.precision not in PRECISIONS:
-        raise ConfigError(
-            f"--precision must be one of {', '.join(PRECISIONS)}; got {args.precision!r}"
-        )
     init = None if args.init.lower() == "none" else args.init
     run_demo(
         Path(args.out), steps=args.steps, method=args.method, init=init, precision=args.precision

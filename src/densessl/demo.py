@@ -144,7 +144,9 @@ def run_demo(
     start = time.perf_counter()
     get_method(method)  # an unknown name fails before the scenes are written
     if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+        raise ConfigError(
+            f"--precision: precision must be one of {', '.join(PRECISIONS)}; got {precision!r}"
+        )
     config = _scene_config(init)
     out = Path(out)
     scenes = out / "scenes"
