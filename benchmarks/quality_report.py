@@ -202,7 +202,7 @@ def write_report(
     stats = [row_stats(cells, row) for row in rows]
     by_row = {s["row"]: s for s in stats}
     picture = _picture(cells, expected, rows, out)
-    hardware = next(iter(cells.values()))["hardware"] if cells else {}
+    hardware = hardware_summary(cells)
     table = format_table(stats, planned, stale_rows)
     checks = check_targets(by_row)
     md = [
@@ -240,7 +240,7 @@ def write_report(
         "",
         "## Protocol",
         "",
-        _protocol_text(budget, hardware),
+        _protocol_text(budget, hardware_text(hardware)),
     ]
     if picture is not None:
         md += ["", f"![PCA of patch features, one held-out image]({PICTURE})", ""]
@@ -263,7 +263,47 @@ def write_report(
     return [md_path, json_path] + ([picture] if picture is not None else [])
 
 
-def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
+def hardware_summary(cells: dict[tuple[str, int], dict[str, Any]]) -> list[dict[str, Any]]:
+    """Where the cells ran: one entry per distinct machine setting, with the cells it ran.
+
+    Cells are computed wherever a session runs, so one table can mix CPUs and autocast dtypes
+    (``train.precision=auto`` trains in bf16 only where the CPU has it natively).
+    """
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for (row, seed), cell in sorted(cells.items()):
+        h = cell.get("hardware", {})
+        keys = ("cpu", "torch_threads", "device", "dtype", "torch")
+        groups.setdefault(tuple(str(h.get(k, "?")) for k in keys), []).append(f"{row}/{seed}")
+    return [
+        {
+            "cpu": cpu,
+            "torch_threads": threads,
+            "device": device,
+            "dtype": dtype,
+            "torch": torch_,
+            "cells": names,
+        }
+        for (cpu, threads, device, dtype, torch_), names in sorted(
+            groups.items(), key=lambda item: -len(item[1])
+        )
+    ]
+
+
+def hardware_text(summary: list[dict[str, Any]]) -> str:
+    """The protocol's hardware line: each setting, how many cells used it and, for all but the
+    most used setting, which ones."""
+    parts = []
+    for i, s in enumerate(summary):
+        n = len(s["cells"])
+        which = f" ({', '.join(s['cells'])})" if i > 0 else ""
+        parts.append(
+            f"{s['cpu']}, {s['torch_threads']} threads, {s['device']}, autocast {s['dtype']}, "
+            f"torch {s['torch']}: {n} cell{'s' if n != 1 else ''}{which}"
+        )
+    return "; ".join(parts) if parts else "no cells yet"
+
+
+def _protocol_text(budget: Any, hardware: str) -> str:
     return "\n".join(
         [
             f"- Pretraining: {budget.steps} optimizer steps of batch {budget.batch_size} on "
@@ -310,8 +350,7 @@ def _protocol_text(budget: Any, hardware: dict[str, Any]) -> str:
             f"PCK@0.1 on view pairs; data {budget.image_level}. Fine-tuned: a copy of the "
             "backbone with Segmenter's linear decoder, densessl finetune seg's scenes recipe "
             f"({budget.finetune}) on the held-out train split, val mIoU.",
-            f"- Hardware: {hardware.get('cpu', '?')}, {hardware.get('torch_threads', '?')} "
-            f"threads, {hardware.get('device', '?')}, autocast {hardware.get('dtype', '?')}, "
-            f"torch {hardware.get('torch', '?')}.",
+            f"- Hardware (cells are computed wherever a session runs; autocast dtype from "
+            f"`train.precision=auto`): {hardware}.",
         ]
     )

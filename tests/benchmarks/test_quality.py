@@ -229,3 +229,35 @@ def test_each_image_level_column_is_checked_against_its_ceiling_row(monkeypatch)
     video = next(line for line in lines if line.startswith("- video J&F"))
     assert "`supervised`" in video and "**pending**" in video
     assert set(CEILING_OF) == {"knn", "discovery", "video", "correspondence", "finetune"}
+
+
+def test_the_protocol_names_every_machine_setting_the_cells_ran_on(monkeypatch):
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    from quality_report import hardware_summary, hardware_text
+
+    def cell(cpu: str, dtype: str) -> dict:
+        return {
+            "hardware": {
+                "cpu": cpu,
+                "torch_threads": 1,
+                "device": "cpu",
+                "dtype": dtype,
+                "torch": "2.14.1",
+            }
+        }
+
+    cells = {
+        ("dino", 0): cell("Intel Xeon", "bfloat16"),
+        ("dino", 1): cell("Intel Xeon", "bfloat16"),
+        ("leopart", 0): cell("Intel Xeon", "bfloat16"),
+        ("neco", 1): cell("AMD EPYC", "float32"),
+    }
+    summary = hardware_summary(cells)
+    assert [(s["cpu"], s["dtype"], len(s["cells"])) for s in summary] == [
+        ("Intel Xeon", "bfloat16", 3),
+        ("AMD EPYC", "float32", 1),
+    ]
+    text = hardware_text(summary)
+    assert "Intel Xeon, 1 threads, cpu, autocast bfloat16, torch 2.14.1: 3 cells" in text
+    assert "AMD EPYC, 1 threads, cpu, autocast float32, torch 2.14.1: 1 cell (neco/1)" in text
+    assert hardware_text(hardware_summary({})) == "no cells yet"
