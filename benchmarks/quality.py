@@ -39,6 +39,7 @@ from typing import Any
 
 import torch
 
+from densessl.train.signals import TrainingInterrupted
 from quality_budget import FULL, QUICK, Budget, choose_budget, like_shipped
 from quality_ceilings import TASK_FILES
 from quality_cells import evaluate_backbone, hardware, train_row
@@ -286,7 +287,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"stopping after {minutes:.0f} min (--max-minutes); run again to continue")
             break
         print(f"[{time.strftime('%H:%M:%S')}] cell {row} seed {seed} ...", flush=True)
-        record = run_cell(row, seed, budget, cache, code_version(row))
+        try:
+            record = run_cell(row, seed, budget, cache, code_version(row))
+        except TrainingInterrupted as stop:  # SIGTERM / Ctrl-C: the cell's run checkpointed
+            print(f"quality: cell {row} seed {seed} {stop}", file=sys.stderr)
+            return stop.exit_code
         state = "cached" if record["cached"] else f"{record['seconds_this_invocation']:.0f} s"
         shown = ", ".join(f"{k} {v:.1f}" for k, v in record["results"].items())
         print(f"    {state}: {shown}", flush=True)

@@ -261,3 +261,26 @@ def test_the_protocol_names_every_machine_setting_the_cells_ran_on(monkeypatch):
     assert "Intel Xeon, 1 threads, cpu, autocast bfloat16, torch 2.14.1: 3 cells" in text
     assert "AMD EPYC, 1 threads, cpu, autocast float32, torch 2.14.1: 1 cell (neco/1)" in text
     assert hardware_text(hardware_summary({})) == "no cells yet"
+
+
+def test_an_interrupted_cell_ends_the_run_with_the_signal_exit_status(
+    tmp_path, monkeypatch, capsys
+):
+    """SIGTERM reaches a cell's training as TrainingInterrupted (a checkpoint was written);
+    the benchmark stops with 143 and the message, instead of a traceback (an uncaught error
+    keeps the DataLoader's persistent workers alive and the process never exits)."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import signal
+
+    import quality
+    from densessl.train.signals import TrainingInterrupted
+
+    def interrupted(row, seed, *args):
+        raise TrainingInterrupted(signal.SIGTERM, 7, tmp_path / "last.pt")
+
+    monkeypatch.setattr(quality, "run_cell", interrupted)
+    code = quality.main(["--quick", "--out", str(tmp_path / "out"), "--rows", "dino"])
+    assert code == 143
+    err = capsys.readouterr().err
+    assert "cell dino seed 0 interrupted by SIGTERM at step 7" in err and "resume" in err
+    assert not (tmp_path / "out" / "quality.md").exists()  # nothing else ran
