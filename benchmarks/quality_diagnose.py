@@ -316,8 +316,20 @@ def main(argv: list[str] | None = None) -> int:
     if not records:
         print("no finished cells to diagnose", file=sys.stderr)
         return 1
-    print(f"wrote {write_report(records, rows, args.out, command)}")
+    # Keep the cells diagnosed before whose weights are not on this machine (git-ignored).
+    earlier = args.out / "diagnosis.json"
+    if earlier.is_file():
+        records = merge_records(json.loads(earlier.read_text()), records)
+    shown = [r for r in every if any(record["row"] == r for record in records)]
+    print(f"wrote {write_report(records, shown, args.out, command)}")
     return 0
+
+
+def merge_records(earlier: list[dict], new: list[dict]) -> list[dict]:
+    """``earlier`` records with each (row, seed) diagnosed again replaced by its ``new`` one."""
+    redone = {(r["row"], r["seed"]) for r in new}
+    kept = [r for r in earlier if (r["row"], r["seed"]) not in redone]
+    return kept + new
 
 
 if __name__ == "__main__":

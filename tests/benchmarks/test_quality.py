@@ -123,6 +123,13 @@ def test_quick_mode_writes_the_report_and_reuses_cells(tmp_path):
     (out / "diagnosis.md").unlink()
     run_script(DIAGNOSE, "--quick", "--out", str(out), "--report-only")
     assert (out / "diagnosis.md").read_text() == markdown
+    # diagnosing one row again keeps the others' records (their weights may be elsewhere)
+    run_script(DIAGNOSE, "--quick", "--out", str(out), "--rows", "dino")
+    again = json.loads((out / "diagnosis.json").read_text())
+    assert sorted((r["row"], r["seed"]) for r in again) == sorted(
+        (r["row"], r["seed"]) for r in records
+    )
+    assert (out / "diagnosis.md").read_text().count("\n| ") == markdown.count("\n| ")
 
 
 def test_unknown_rows_are_refused(tmp_path):
