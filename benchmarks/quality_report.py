@@ -269,24 +269,13 @@ def hardware_summary(cells: dict[tuple[str, int], dict[str, Any]]) -> list[dict[
     Cells are computed wherever a session runs, so one table can mix CPUs and autocast dtypes
     (``train.precision=auto`` trains in bf16 only where the CPU has it natively).
     """
+    keys = ("cpu", "torch_threads", "device", "dtype", "torch")
     groups: dict[tuple[str, ...], list[str]] = {}
     for (row, seed), cell in sorted(cells.items()):
         h = cell.get("hardware", {})
-        keys = ("cpu", "torch_threads", "device", "dtype", "torch")
         groups.setdefault(tuple(str(h.get(k, "?")) for k in keys), []).append(f"{row}/{seed}")
-    return [
-        {
-            "cpu": cpu,
-            "torch_threads": threads,
-            "device": device,
-            "dtype": dtype,
-            "torch": torch_,
-            "cells": names,
-        }
-        for (cpu, threads, device, dtype, torch_), names in sorted(
-            groups.items(), key=lambda item: -len(item[1])
-        )
-    ]
+    ordered = sorted(groups.items(), key=lambda item: -len(item[1]))
+    return [{**dict(zip(keys, setting, strict=True)), "cells": names} for setting, names in ordered]
 
 
 def hardware_text(summary: list[dict[str, Any]]) -> str:
