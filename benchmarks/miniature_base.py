@@ -141,8 +141,9 @@ def measure(extractor: Any, datasets: dict[str, Any], size: int, spec: EvalSpec)
     import torch
 
     from densessl.evaluation.api import resolve_protocol
+    from densessl.evaluation.embed import embed_dataset
     from densessl.evaluation.linear.probe import train_linear_probe
-    from densessl.evaluation.overcluster import embed_dataset, evaluate_overclustering
+    from densessl.evaluation.overcluster import evaluate_overclustering
     from quality_diagnose import eta_squared, patch_classes
 
     train, val = datasets["train"], datasets["val"]

@@ -60,7 +60,13 @@ METHOD_ORDER = ("dino", "selfpatch", "leopart", "loca", "flsl")
 
 
 #: Modules (files, or folders under ``src/densessl/``) that cannot change a number of the table.
-PRESENTATION_ONLY = ("__main__.py", "cli.py", "demo.py", "export.py", "viz")
+PRESENTATION_ONLY = (
+    "__main__.py",
+    "cli",
+    "demo.py",
+    "export.py",
+    "viz",
+)
 
 
 def _module_file(root: Path, module: str) -> Path | None:

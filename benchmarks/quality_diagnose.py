@@ -89,8 +89,9 @@ def eta_squared(x: Tensor, groups: Tensor) -> float:
 
 def diagnose_cell(extractor: Any, datasets: dict[str, Any], budget: Any) -> dict[str, Any]:
     from densessl.evaluation.api import resolve_protocol
+    from densessl.evaluation.embed import embed_dataset
     from densessl.evaluation.linear.probe import train_linear_probe
-    from densessl.evaluation.overcluster import embed_dataset, evaluate_overclustering
+    from densessl.evaluation.overcluster import evaluate_overclustering
 
     cluster = resolve_protocol("cluster", "scenes", budget.cluster, budget.scenes_size)
     linear = resolve_protocol("linear", "scenes", budget.linear, budget.scenes_size)

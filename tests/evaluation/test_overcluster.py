@@ -335,7 +335,7 @@ def test_missing_faiss_is_a_config_error_naming_the_install(monkeypatch):
 
 
 def test_gt_takes_leopart_label_rule_by_default():
-    from densessl.evaluation.overcluster import embed_dataset
+    from densessl.evaluation.embed import embed_dataset
     from densessl.evaluation.preprocess_labels import view_label
 
     assert OverclusterProtocol().label_resize == "leopart"

@@ -263,7 +263,7 @@ _WORKER_TRACE = (
     ],
 )  # fmt: skip
 def test_which_errors_are_user_errors(error, expected):
-    from densessl.cli_errors import user_error_message
+    from densessl.cli.errors import user_error_message
 
     message = user_error_message(error)
     if expected is None:

@@ -147,3 +147,42 @@ def test_resume_accepts_a_checkpoint_that_predates_a_config_key(tmp_path):
     assert _params(tmp_path / "run")[1] == 4
     with pytest.raises(ConfigError, match=r"views\.nested"):
         Trainer(_config("optim.steps=6", "views.nested=true"), tmp_path / "run").fit()
+
+
+_FAILING_RUN = """
+import sys
+sys.path.insert(0, {tests!r})
+from helpers import run_config
+from densessl.train.trainer import Trainer
+from train.test_trainer import FAST
+
+trainer = Trainer(run_config("dino", *FAST, "data.num_workers=1", "optim.steps=8"), {out!r})
+original = trainer.method.loss
+
+def failing(batch, info):
+    if info.step >= 2:
+        raise RuntimeError(f"boom at step {{info.step}}")
+    return original(batch, info)
+
+trainer.method.loss = failing
+trainer.fit()
+"""
+
+
+def test_error_with_loader_workers_ends_the_process(tmp_path):
+    """An error inside the training loop with persistent DataLoader workers reaches the
+    caller and the process exits: the workers are shut down, not left waiting forever."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    tests = str(Path(__file__).resolve().parents[1])
+    script = _FAILING_RUN.format(tests=tests, out=str(tmp_path / "run"))
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=180
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the process hung after the error instead of exiting")
+    assert proc.returncode == 1, proc.stderr
+    assert "RuntimeError: boom at step 2" in proc.stderr

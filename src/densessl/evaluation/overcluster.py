@@ -56,26 +56,20 @@ from tqdm.auto import tqdm
 
 from densessl.errors import brief
 from densessl.evaluation.checks import check_fields, check_int_list
+from densessl.evaluation.embed import embed_dataset
 from densessl.evaluation.miou import ConfusionMatrix
 from densessl.evaluation.overcluster_parity import (
     dataset_kind,
     differences_from_official,
     scored_images,
 )
-from densessl.evaluation.preprocess import (
-    Extractor,
-    ResizedSegmentation,
-    eval_mode,
-    extract_features,
-    make_loader,
-)
-from densessl.evaluation.preprocess_labels import LABEL_RESIZE, view_label_fn
+from densessl.evaluation.preprocess import Extractor
+from densessl.evaluation.preprocess_labels import LABEL_RESIZE
 from densessl.ops.cluster import kmeans, prepare_features, resolve_backend
 
 __all__ = [
     "OverclusterProtocol",
     "cluster_and_score",
-    "embed_dataset",
     "evaluate_overclustering",
     "resolve_num_clusters",
     "score_clustering",
@@ -213,39 +207,6 @@ def _check_enough_tokens(ks: list[int], images: int, h: int, w: int, image_size:
             "num_clusters, or evaluate more images (scenes: data.num_images) or a larger "
             "image_size"
         )
-
-
-@torch.no_grad()
-def embed_dataset(
-    extractor: Extractor,
-    dataset: Dataset,
-    image_size: int,
-    mask_size: int,
-    batch_size: int = 32,
-    num_workers: int = 0,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    desc: str = "embed",
-    label_resize: str = "floor",
-) -> tuple[Tensor, Tensor]:
-    """Patch features and resized labels of a whole labeled dataset.
-
-    ``label_resize``: the :func:`~densessl.evaluation.preprocess_labels.view_label` rule.
-
-    Returns:
-        ``(features [N, h, w, D] float32 on CPU, labels [N, mask_size, mask_size] int64)``.
-    """
-    labels_fn = view_label_fn(image_size, mask_size, label_resize)
-    views = ResizedSegmentation(dataset, image_size, mask_size, label_resize=labels_fn)
-    loader = make_loader(views, batch_size, num_workers)
-    feats, labels = [], []
-    with eval_mode(extractor):
-        for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-            feats.append(extract_features(extractor, batch["image"].to(device)).cpu())
-            labels.append(batch["label"])
-    if not feats:
-        raise ValueError("the dataset is empty")
-    return torch.cat(feats), torch.cat(labels)
 
 
 def score_clustering(

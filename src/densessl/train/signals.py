@@ -12,7 +12,9 @@ the signal again, so a worker may see it twice); SIGKILL stops at once and ``las
 the last checkpoint written. DataLoader workers ignore both signals
 (:func:`ignore_stop_signals`, their ``worker_init_fn``): a signal sent to a whole process
 group (a terminal's Ctrl-C, torchrun's ``killpg``, SLURM) must not kill the workers the
-main process still needs to reach the checkpoint; they exit when the main process does.
+main process still needs to reach the checkpoint. The trainer shuts them down itself
+(:func:`close_workers`) when its loop ends, normally or by an error: persistent workers that
+ignore the stop signals would otherwise keep a failed process from exiting.
 """
 
 from __future__ import annotations
@@ -20,8 +22,19 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 from types import FrameType, TracebackType
+from typing import TYPE_CHECKING
 
-__all__ = ["STOP_SIGNALS", "StopSignals", "TrainingInterrupted", "exit_code", "ignore_stop_signals"]
+if TYPE_CHECKING:
+    from torch.utils.data import DataLoader
+
+__all__ = [
+    "STOP_SIGNALS",
+    "StopSignals",
+    "TrainingInterrupted",
+    "close_workers",
+    "exit_code",
+    "ignore_stop_signals",
+]
 
 #: The signals that stop training with a checkpoint, in order of precedence when processes
 #: of one job saw different ones (the scheduler's SIGTERM wins).
@@ -119,3 +132,13 @@ def ignore_stop_signals(worker_id: int = 0) -> None:
     """DataLoader ``worker_init_fn``: SIGINT and SIGTERM are ignored in the worker."""
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
+
+
+def close_workers(loader: DataLoader) -> None:
+    """Shut down ``loader``'s worker processes now (persistent workers live as long as the
+    loader's iterator, which a traceback can keep alive); a later iteration starts new ones."""
+    iterator = getattr(loader, "_iterator", None)
+    shutdown = getattr(iterator, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
+    loader._iterator = None

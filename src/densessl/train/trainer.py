@@ -47,7 +47,7 @@ from densessl.train.numerics import (
 )
 from densessl.train.precision import autocast, resolve_device, resolve_precision
 from densessl.train.run_dir import RunDirectory
-from densessl.train.signals import StopSignals, ignore_stop_signals
+from densessl.train.signals import StopSignals, close_workers, ignore_stop_signals
 from densessl.train.startup import start_run
 from densessl.train.warm_start import warm_start
 
@@ -261,8 +261,14 @@ class Trainer:
         )
 
     def _loop(self) -> None:
-        cfg = self.config
         loader = self.make_loader()
+        try:
+            self._steps(loader)
+        finally:  # an error must not leave persistent workers waiting (the process hangs)
+            close_workers(loader)
+
+    def _steps(self, loader: DataLoader) -> None:
+        cfg = self.config
         progress = self.run_dir.progress(self.total_steps, self.step, cfg.train.progress)
         sums: dict[str, torch.Tensor] = {}
         count, wait, interval_start = 0, 0.0, time.perf_counter()

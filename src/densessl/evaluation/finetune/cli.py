@@ -11,6 +11,8 @@ import dataclasses
 import time
 from typing import Any
 
+from densessl.cli.options import add_format_option, positive
+
 FINETUNE_HELP = """\
 Fine-tune a backbone end to end with a decoder on a labelled segmentation set (train split;
 VOC: trainaug), then score it on val (mIoU and per-class IoU in OUT/finetune.json).
@@ -57,7 +59,7 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_finetune_parser(sub: Any, with_decoders: bool, positive: Any, add_format: Any) -> None:
+def add_finetune_parser(sub: Any, with_decoders: bool) -> None:
     """``densessl finetune TASK``; without ``with_decoders`` a stub that is never parsed."""
     summary = "fine-tune a backbone end to end with a decoder (semantic segmentation)"
     if not with_decoders:
@@ -96,7 +98,7 @@ def add_finetune_parser(sub: Any, with_decoders: bool, positive: Any, add_format
     q.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
     q.add_argument("--patch-size", type=positive, help="patch size with --arch (default 16)")
     q.add_argument("--which", default="teacher", choices=("teacher", "student"))
-    add_format(q)
+    add_format_option(q)
     q.add_argument("--weights", help="local weights file for --backbone timm:NAME")
     q.add_argument("--init-seed", type=int, default=0, help="seed of --backbone random:...")
     q.add_argument("--train-split", help="override the train split")

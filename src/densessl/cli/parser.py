@@ -1,5 +1,4 @@
-"""Command line: ``densessl pretrain|eval|finetune|viz|export|methods|scenes|demo`` (API
-wrappers)."""
+"""The ``densessl`` parser, one sub-command per API call, and :func:`main`, which runs one."""
 
 from __future__ import annotations
 
@@ -9,8 +8,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from densessl.cli_errors import run_command
-from densessl.cli_help import EVAL_HELP, EXPORT_HELP, PRETRAIN_HELP, VIZ_HELP
+from densessl.cli.errors import run_command
+from densessl.cli.eval_command import add_eval_parser
+from densessl.cli.help_text import EXPORT_HELP, PRETRAIN_HELP, VIZ_HELP
+from densessl.cli.options import add_format_option, positive
 from densessl.evaluation.finetune.cli import add_finetune_parser
 
 
@@ -31,36 +32,6 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     )
     print(f"run directory: {run} ({time.perf_counter() - start:.0f} s)")
     return 0
-
-
-def _cmd_eval(args: argparse.Namespace) -> int:
-    from densessl.evaluation.api import evaluate
-    from densessl.io.paths import user_path
-
-    out = args.out
-    backbone = user_path(args.backbone)
-    if out is None and backbone.is_dir() and (backbone / "config.yaml").is_file():
-        out = backbone / "eval" / f"{args.protocol_name}_{args.dataset}.json"
-    record = evaluate(
-        args.protocol,
-        backbone=args.backbone,
-        dataset=args.dataset,
-        root=args.root,
-        out=out,
-        overrides=args.overrides,
-        arch=args.arch,
-        patch_size=args.patch_size,
-        which=args.which,
-        weights=args.weights,
-        init_seed=args.init_seed,
-        train_split=args.train_split,
-        val_split=args.val_split,
-        device=args.device,
-        progress=not args.no_progress,
-    )
-    if out is None:
-        print("(no --out given: the JSON result was not written)")
-    return 0 if record else 1
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -157,93 +128,11 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    """argparse type: an integer >= 1 (argparse names the option and exits with 2)."""
-    if not text.strip().isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
-    return int(text)
-
-
-def _add_format_option(parser: argparse.ArgumentParser) -> None:
-    from densessl.models.formats.choice import FORMAT_NAMES  # no torch import
-
-    parser.add_argument(
-        "--format",
-        choices=FORMAT_NAMES,
-        default=None,
-        help="checkpoint format of the weights file (default: detected from the file)",
-    )
-
-
-def _eval_options(datasets: Sequence[str], kind: str) -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--backbone", required=True, help="RUN_DIR, checkpoint, export, timm:NAME or random:..."
-    )
-    common.add_argument(
-        "--dataset",
-        default="scenes",
-        choices=datasets,
-        help=f"{kind} dataset layout (default: synthetic scenes rendered on the fly)",
-    )
-    common.add_argument("--root", help="dataset folder (scenes: a `densessl scenes` folder)")
-    common.add_argument("--out", help="write the result JSON here")
-    common.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
-    common.add_argument("--patch-size", type=_positive, help="patch size with --arch (default 16)")
-    common.add_argument("--which", default="teacher", choices=("teacher", "student"))
-    _add_format_option(common)
-    common.add_argument("--weights", help="local weights file for --backbone timm:NAME")
-    common.add_argument("--init-seed", type=int, default=0, help="seed of --backbone random:...")
-    common.add_argument("--train-split", help="override the protocol's train split")
-    common.add_argument("--val-split", help="override the scored split")
-    common.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
-    common.add_argument("--no-progress", action="store_true", help="hide progress bars")
-    common.add_argument("overrides", nargs="*", help="key=value settings and data.* options")
-    return common
-
-
-def _add_eval_parser(sub: argparse._SubParsersAction, with_protocols: bool) -> None:
-    """``densessl eval PROTOCOL``; the protocols come from the registry.
-
-    The registry imports the protocols (and torch), so it is read only when the command is
-    ``eval``: every other command, and ``densessl --help``, starts without it.
-    """
-    summary = "evaluate a backbone's frozen patch features with a registered protocol"
-    if not with_protocols:
-        p = sub.add_parser("eval", help=summary, add_help=False)
-        p.set_defaults(func=None)
-        return
-    from densessl.evaluation.registry import list_protocols
-
-    records = list_protocols()
-    listing = "\n".join(f"  {name:<13} {r.description}" for name, r in records.items())
-    p = sub.add_parser(
-        "eval",
-        help=summary,
-        description=EVAL_HELP.format(protocols=listing),
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    protocols = p.add_subparsers(dest="protocol", required=True, metavar="PROTOCOL")
-    for name, record in records.items():
-        common = _eval_options(record.datasets, record.kind)
-        q = protocols.add_parser(
-            name,
-            aliases=list(record.aliases),
-            help=record.description,
-            parents=[common],
-            description=f"{record.description}. {record.help} Follows {record.source}. "
-            f"Settings (key=value, after the options): {', '.join(record.setting_names())}. "
-            "Defaults: the paper's on real datasets, the for_scenes CPU preset on scenes; "
-            "both are in the JSON result.",
-        )
-        q.set_defaults(func=_cmd_eval, protocol_name=name)
-
-
 def build_parser(
     with_protocols: bool = True, with_decoders: bool = True
 ) -> argparse.ArgumentParser:
     """The argument parser; ``with_protocols=False`` / ``with_decoders=False`` leave the
-    protocol / decoder registries unread (see :func:`_add_eval_parser`)."""
+    protocol / decoder registries unread (see :func:`densessl.cli.eval_command.add_eval_parser`)."""
     parser = argparse.ArgumentParser(
         prog="densessl",
         description="Dense self-supervised pretraining of ViTs and dense-feature evaluation.",
@@ -285,12 +174,12 @@ def build_parser(
         default=None,
         help="warm-start backbone weights: a densessl run/checkpoint or an official DINO .pth",
     )
-    _add_format_option(p)
+    add_format_option(p)
     p.add_argument("overrides", nargs="*", help="key=value config overrides")
     p.set_defaults(func=_cmd_pretrain)
 
-    _add_eval_parser(sub, with_protocols)
-    add_finetune_parser(sub, with_decoders, _positive, _add_format_option)
+    add_eval_parser(sub, with_protocols)
+    add_finetune_parser(sub, with_decoders)
 
     p = sub.add_parser(
         "viz",
@@ -310,9 +199,9 @@ def build_parser(
     p.add_argument("--no-attention", action="store_true", help="leave out the attention maps")
     p.add_argument("--max-images", type=int, default=16, help="use the first N images (0: all)")
     p.add_argument("--which", default="teacher", choices=("teacher", "student"))
-    _add_format_option(p)
+    add_format_option(p)
     p.add_argument("--arch", help="architecture of a raw DINO checkpoint, e.g. vit_small")
-    p.add_argument("--patch-size", type=_positive, help="patch size with --arch (default 16)")
+    p.add_argument("--patch-size", type=positive, help="patch size with --arch (default 16)")
     p.add_argument("--weights", help="local weights file for --backbone timm:NAME")
     p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if available)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -332,7 +221,7 @@ def build_parser(
         "--out", required=True, help="export folder (an earlier export in it is replaced)"
     )
     p.add_argument("--which", default="teacher", choices=("teacher", "student"))
-    _add_format_option(p)
+    add_format_option(p)
     p.add_argument(
         "--to",
         default="timm",
@@ -397,7 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from densessl.models.formats.choice import use_format
 
     with use_format(getattr(args, "format", None)):  # --format: every loader reads it
-        return run_command(args.func, args)  # user errors: one line, exit 2 (see cli_errors)
+        return run_command(args.func, args)  # user errors: one line, exit 2 (see cli.errors)
 
 
 if __name__ == "__main__":

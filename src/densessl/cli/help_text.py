@@ -1,5 +1,5 @@
 """Long ``--help`` texts of the commands (examples and tuning advice), kept apart from the
-parser so that :mod:`densessl.cli` reads as the list of commands."""
+parser so that :mod:`densessl.cli.parser` reads as the list of commands."""
 
 PRETRAIN_HELP = """\
 Pretrain a ViT with a dense self-supervised method.
