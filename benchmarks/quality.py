@@ -303,6 +303,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {state}: {shown}", flush=True)
         records.append(record)
     command = "python benchmarks/quality.py" + (" --quick" if args.quick else "")
+    if args.scenes_like is not None:
+        command += f" --scenes-like {args.scenes_like}"
     if args.from_base is not None:
         command += f" --from-base {args.from_base}"
     expected, stale = {}, set()

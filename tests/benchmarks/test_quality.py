@@ -274,8 +274,7 @@ def test_an_interrupted_cell_ends_the_run_with_the_signal_exit_status(
     tmp_path, monkeypatch, capsys
 ):
     """SIGTERM reaches a cell's training as TrainingInterrupted (a checkpoint was written);
-    the benchmark stops with 143 and the message, instead of a traceback (an uncaught error
-    keeps the DataLoader's persistent workers alive and the process never exits)."""
+    the benchmark stops with 143 and the message, instead of a traceback."""
     monkeypatch.syspath_prepend(str(SCRIPT.parent))
     import signal
 
@@ -291,3 +290,16 @@ def test_an_interrupted_cell_ends_the_run_with_the_signal_exit_status(
     err = capsys.readouterr().err
     assert "cell dino seed 0 interrupted by SIGTERM at step 7" in err and "resume" in err
     assert not (tmp_path / "out" / "quality.md").exists()  # nothing else ran
+
+
+def test_the_report_names_the_command_that_rewrites_it(tmp_path, monkeypatch):
+    """The report's command carries the flags that chose its budget: ``--scenes-like NAME``
+    and ``--from-base WEIGHTS`` tables are rewritten by their own commands, not the default."""
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))
+    import quality
+
+    for flags in (["--scenes-like", "miniature-base"], ["--from-base", "densessl:miniature-base"]):
+        out = tmp_path / flags[0].strip("-")
+        assert quality.main(["--quick", *flags, "--out", str(out), "--report-only"]) == 0
+        command = "python benchmarks/quality.py --quick " + " ".join(flags)
+        assert f"Command: `{command}`" in (out / "quality.md").read_text()
